@@ -1,0 +1,605 @@
+"""The Store contract, written once and run against every backend.
+
+``store`` is parametrized over SQLite (a temporary file), MongoStore on mongomock, and MongoStore on a
+real server when ``TIMERCTL_TEST_MONGO_URI`` is set (each test gets its own database, dropped after).
+All instants are fixed; nothing here reads the clock or sleeps.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import mongomock
+import pymongo
+import pytest
+from pymongo.errors import NetworkTimeout, ServerSelectionTimeoutError
+
+from timerctl.model import BackendUnavailable, Conflict, InvalidInput, NotFound, Status, Timer
+from timerctl.stores import mongo as mongo_module
+from timerctl.stores.base import Outcome, Store
+from timerctl.stores.mongo import MongoStore
+from timerctl.stores.sqlite import SqliteStore
+
+T0 = datetime(2030, 1, 1, tzinfo=UTC)
+SEC = timedelta(seconds=1)
+MS = timedelta(milliseconds=1)
+MONGO_URI_ENV = "TIMERCTL_TEST_MONGO_URI"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def make(timer_id: str, due: datetime = T0, **changes: Any) -> Timer:
+    """A Scheduled timer expiring (and due) at ``due``, created an hour before T0."""
+    return Timer(
+        timer_id=timer_id,
+        webhook_url=f"https://hooks.example.com/{timer_id}",
+        expiry_time=due,
+        created_at=T0 - timedelta(hours=1),
+        **changes,
+    )
+
+
+def ids(timers: list[Timer]) -> list[str]:
+    return [t.timer_id for t in timers]
+
+
+def _mongo_uri() -> str:
+    uri = os.environ.get(MONGO_URI_ENV)
+    if not uri:
+        # No MongoDB server can be installed on this project's machines (not in Debian's archive), so a
+        # missing URI skips even under CI; the mongomock run covers the same contract without one.
+        pytest.skip(f"set {MONGO_URI_ENV}=mongodb://host:port to run the contract on a real MongoDB")
+    return uri
+
+
+@pytest.fixture(params=["sqlite", "mongomock", "mongo"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    if request.param == "sqlite":
+        sqlite = SqliteStore(str(tmp_path / "timers.db"))
+        yield sqlite
+        sqlite.close()
+    elif request.param == "mongomock":
+        yield MongoStore(mongomock.MongoClient(), f"timerctl_test_{uuid.uuid4().hex[:12]}")
+    else:
+        client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(
+            _mongo_uri(), serverSelectionTimeoutMS=5000, tz_aware=True
+        )
+        name = f"timerctl_test_{uuid.uuid4().hex[:12]}"
+        try:
+            yield MongoStore(client, name)
+        finally:
+            client.drop_database(name)
+            client.close()
+
+
+# --- insert / get ---------------------------------------------------------------------------------
+
+
+def test_insert_returns_the_stored_copy(store: Store) -> None:
+    timer = make("a", payload={"k": 1})
+    assert store.insert(timer) == timer
+    assert store.get("a") == timer
+
+
+def test_insert_first_write_wins(store: Store) -> None:
+    first = make("a")
+    second = Timer("a", "https://other.example.com/x", T0 + SEC, T0, payload="other")
+    store.insert(first)
+    assert store.insert(second) == first
+    assert store.get("a") == first
+
+
+def test_insert_many_counts_only_new_timers(store: Store) -> None:
+    original = make("a")
+    store.insert(original)
+    newer_a = Timer("a", "https://other.example.com/a", T0 + SEC, T0)
+    assert store.insert_many([newer_a, make("b"), make("c")]) == 2
+    assert store.get("a") == original
+    assert ids(store.list()) == ["a", "b", "c"]
+    assert store.insert_many([make("a"), make("b")]) == 0
+    assert store.insert_many([]) == 0
+
+
+def test_insert_many_keeps_the_first_of_repeats_within_a_batch(store: Store) -> None:
+    first, repeat = make("d"), Timer("d", "https://other.example.com/d", T0 + SEC, T0)
+    assert store.insert_many([first, repeat]) == 1
+    assert store.get("d") == first
+
+
+def test_get_missing_is_none(store: Store) -> None:
+    assert store.get("nope") is None
+
+
+def test_every_field_round_trips_at_millisecond_precision(store: Store) -> None:
+    timer = Timer(
+        timer_id="full.1:x-y_z",
+        webhook_url="https://hooks.example.com/p?q=1&r=%C3%A9",
+        expiry_time=T0 + 123 * MS,
+        created_at=T0 - timedelta(hours=1) + 7 * MS,
+        status=Status.RUNNING,
+        payload={"order": {"id": 42, "lines": [1, 2.5, None, True]}, "note": "héllo ✓ 日本語 😀"},
+        attempts=3,
+        fired_at=T0 + 5 * SEC + 999 * MS,
+        last_error="HTTP 503 from hooks.example.com: «busy»",
+        due_at=T0 + 10 * SEC + MS,
+        lease_owner="runner-1",
+        lease_until=T0 + 40 * SEC + 500 * MS,
+    )
+    store.insert(timer)
+    got = store.get(timer.timer_id)
+    assert got == timer
+    assert got is not None
+    for instant in (got.expiry_time, got.created_at, got.fired_at, got.due_at, got.lease_until):
+        assert instant is not None and instant.utcoffset() == timedelta(0)
+
+
+def test_instants_with_other_offsets_are_stored_as_the_same_instant(store: Store) -> None:
+    ist = timezone(timedelta(hours=5, minutes=30))
+    at = datetime(2030, 1, 1, 5, 30, 0, 250_000, tzinfo=ist)
+    store.insert(make("z", at))
+    got = store.get("z")
+    assert got is not None
+    assert got.expiry_time == T0 + 250 * MS
+    assert got.expiry_time.utcoffset() == timedelta(0)
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        None,
+        {"nested": {"deep": {"deeper": [1, {"x": None}]}}, "empty": {}, "list": []},
+        "plain text with ünïcødé and \u0000 and emoji 🎉",
+        [1, "two", 3.25, False, None],
+        0,
+        2**70,
+        {"a.b": 1, "$c": 2, "": 3},
+    ],
+    ids=["none", "nested", "string", "list", "zero", "bigint", "odd-keys"],
+)
+def test_payload_round_trips(store: Store, payload: Any) -> None:
+    store.insert(make("p", payload=payload))
+    got = store.get("p")
+    assert got is not None
+    assert got.payload == payload
+    assert type(got.payload) is type(payload)
+
+
+def test_payload_key_order_is_kept(store: Store) -> None:
+    store.insert(make("p", payload={"z": 1, "a": 2, "m": 3}))
+    got = store.get("p")
+    assert got is not None
+    assert list(got.payload) == ["z", "a", "m"]
+
+
+# --- list ------------------------------------------------------------------------------------------
+
+
+def _populate_for_list(store: Store) -> None:
+    store.insert(make("c", T0 + 3 * SEC))
+    store.insert(make("tie-b", T0 + 2 * SEC))
+    store.insert(make("a", T0 + SEC))
+    store.insert(make("tie-a", T0 + 2 * SEC))
+    store.insert(make("late", T0 + timedelta(hours=1), status=Status.FINISHED))
+    store.cancel("c")
+
+
+def test_list_orders_by_expiry_then_id(store: Store) -> None:
+    _populate_for_list(store)
+    assert ids(store.list()) == ["a", "tie-a", "tie-b", "c", "late"]
+
+
+def test_list_filters_by_status(store: Store) -> None:
+    _populate_for_list(store)
+    assert ids(store.list(status=Status.SCHEDULED)) == ["a", "tie-a", "tie-b"]
+    assert ids(store.list(status=Status.CANCELLED)) == ["c"]
+    assert ids(store.list(status=Status.FINISHED)) == ["late"]
+    assert store.list(status=Status.FAILED) == []
+
+
+def test_list_respects_limit(store: Store) -> None:
+    _populate_for_list(store)
+    assert ids(store.list(limit=2)) == ["a", "tie-a"]
+    assert ids(store.list(limit=1)) == ["a"]
+    assert store.list(limit=0) == []
+
+
+def test_list_due_before_is_inclusive_and_on_expiry(store: Store) -> None:
+    _populate_for_list(store)
+    # A retry moves due_at, not the expiry the list is about.
+    store.insert(make("retrying", T0 + SEC, due_at=T0 + timedelta(days=1)))
+    assert ids(store.list(due_before=T0 + 2 * SEC)) == ["a", "retrying", "tie-a", "tie-b"]
+    assert ids(store.list(due_before=T0 + 2 * SEC - MS)) == ["a", "retrying"]
+    assert ids(store.list(status=Status.SCHEDULED, due_before=T0 + 3 * SEC, limit=2)) == ["a", "retrying"]
+
+
+# --- cancel ----------------------------------------------------------------------------------------
+
+
+def test_cancel_scheduled_timer(store: Store) -> None:
+    store.insert(make("a"))
+    done = store.cancel("a")
+    assert done.status is Status.CANCELLED
+    assert done.timer_id == "a"
+    got = store.get("a")
+    assert got is not None
+    assert got.status is Status.CANCELLED
+    assert got.lease_owner is None and got.lease_until is None
+    assert store.claim_due("r1", T0, T0 + timedelta(days=1), T0 + timedelta(days=2), 10) == []
+
+
+def test_cancel_missing_raises_not_found(store: Store) -> None:
+    with pytest.raises(NotFound, match="nope"):
+        store.cancel("nope")
+    assert store.get("nope") is None
+
+
+def test_cancel_missing_with_fallback_stores_a_tombstone(store: Store) -> None:
+    queued = make("q1", payload={"from": "queue"})
+    done = store.cancel("q1", fallback=queued)
+    assert done.status is Status.CANCELLED
+    assert done.payload == {"from": "queue"}
+    assert store.get("q1") == done
+    # The create still in the queue is consumed later: it must not bring the timer back.
+    assert store.insert(make("q1", T0 + SEC)) == done
+    assert store.insert_many([make("q1")]) == 0
+    assert store.get("q1") == done
+    assert store.claim_due("r1", T0, T0 + timedelta(days=1), T0 + timedelta(days=2), 10) == []
+
+
+@pytest.mark.parametrize("status", [Status.RUNNING, Status.FINISHED, Status.FAILED, Status.CANCELLED])
+def test_cancel_of_a_timer_past_scheduled_conflicts_naming_its_status(store: Store, status: Status) -> None:
+    store.insert(make("a", status=status))
+    with pytest.raises(Conflict) as info:
+        store.cancel("a")
+    assert status.value in str(info.value)
+    assert "a" in str(info.value)
+    with pytest.raises(Conflict, match=status.value):
+        store.cancel("a", fallback=make("a"))
+    got = store.get("a")
+    assert got is not None and got.status is status
+
+
+# --- claim_due -------------------------------------------------------------------------------------
+
+
+def test_claim_due_takes_only_due_timers_oldest_first(store: Store) -> None:
+    lease = T0 + timedelta(minutes=5)
+    store.insert(make("later", T0 + timedelta(hours=1)))
+    store.insert(make("c", T0 + 2 * SEC))
+    store.insert(make("b", T0 + SEC))
+    store.insert(make("a", T0))
+    store.insert(make("done", T0 - SEC, status=Status.FINISHED))
+    store.insert(make("retry-later", T0 - SEC, due_at=T0 + timedelta(minutes=1)))
+    claimed = store.claim_due("r1", T0, T0 + 2 * SEC, lease, 10)
+    assert ids(claimed) == ["a", "b", "c"]
+    for timer in claimed:
+        assert timer.status is Status.RUNNING
+        assert timer.lease_owner == "r1"
+        assert timer.lease_until == lease
+        assert store.get(timer.timer_id) == timer
+    for idle in ("later", "retry-later"):
+        got = store.get(idle)
+        assert got is not None and got.status is Status.SCHEDULED and got.lease_owner is None
+
+
+def test_claim_due_respects_limit_and_a_second_owner_gets_nothing(store: Store) -> None:
+    lease = T0 + timedelta(minutes=5)
+    store.insert_many([make("c", T0 + 2 * SEC), make("a", T0), make("b", T0 + SEC)])
+    assert ids(store.claim_due("r1", T0, T0 + 2 * SEC, lease, 2)) == ["a", "b"]
+    assert ids(store.claim_due("r1", T0, T0 + 2 * SEC, lease, 2)) == ["c"]
+    assert store.claim_due("r2", T0, T0 + 2 * SEC, lease, 10) == []
+    assert store.claim_due("r1", T0, T0 + 2 * SEC, lease, 0) == []
+    assert {t.lease_owner for t in store.list()} == {"r1"}
+
+
+def test_claim_due_until_is_inclusive(store: Store) -> None:
+    store.insert(make("edge", T0 + SEC))
+    assert store.claim_due("r1", T0, T0 + SEC - MS, T0 + timedelta(minutes=5), 10) == []
+    assert ids(store.claim_due("r1", T0, T0 + SEC, T0 + timedelta(minutes=5), 10)) == ["edge"]
+
+
+def test_expired_lease_is_reclaimable_by_another_owner(store: Store) -> None:
+    store.insert(make("a", T0))
+    store.claim_due("r1", T0, T0, T0 + 30 * SEC, 10)
+    store.insert(make("b", T0 + 31 * SEC))
+    now = T0 + 31 * SEC
+    claimed = store.claim_due("r2", now, now, now + 30 * SEC, 10)
+    assert ids(claimed) == ["a", "b"]
+    assert all(t.lease_owner == "r2" and t.lease_until == now + 30 * SEC for t in claimed)
+    assert all(t.status is Status.RUNNING for t in claimed)
+
+
+def test_unexpired_lease_is_not_reclaimable(store: Store) -> None:
+    store.insert(make("a", T0))
+    store.claim_due("r1", T0, T0, T0 + 30 * SEC, 10)
+    assert store.claim_due("r2", T0 + 29 * SEC, T0 + 29 * SEC, T0 + 60 * SEC, 10) == []
+    # A lease ending exactly now has not expired yet.
+    assert store.claim_due("r2", T0 + 30 * SEC, T0 + 30 * SEC, T0 + 60 * SEC, 10) == []
+    got = store.get("a")
+    assert got is not None and got.lease_owner == "r1" and got.lease_until == T0 + 30 * SEC
+
+
+# --- renew / release -------------------------------------------------------------------------------
+
+
+def test_renew_extends_leases_still_held(store: Store) -> None:
+    store.insert_many([make("a"), make("b"), make("idle", T0 + timedelta(hours=1))])
+    store.claim_due("r1", T0, T0, T0 + 30 * SEC, 10)
+    assert store.renew("r1", ["a", "b", "idle", "missing"], T0 + 90 * SEC) == {"a", "b"}
+    for timer_id in ("a", "b"):
+        got = store.get(timer_id)
+        assert got is not None and got.lease_until == T0 + 90 * SEC and got.lease_owner == "r1"
+    assert store.renew("r2", ["a", "b"], T0 + 999 * SEC) == set()
+    assert store.renew("r1", [], T0 + 90 * SEC) == set()
+
+
+def test_renew_after_takeover_reports_the_lease_lost(store: Store) -> None:
+    store.insert_many([make("a"), make("b", T0 + 10 * SEC)])
+    store.claim_due("r1", T0, T0, T0 + 30 * SEC, 10)
+    store.claim_due("r1", T0 + 10 * SEC, T0 + 10 * SEC, T0 + 40 * SEC, 10)
+    now = T0 + 31 * SEC
+    assert ids(store.claim_due("r2", now, now, now + 30 * SEC, 10)) == ["a"]
+    assert store.renew("r1", ["a", "b"], now + 60 * SEC) == {"b"}
+    got = store.get("a")
+    assert got is not None and got.lease_owner == "r2" and got.lease_until == now + 30 * SEC
+
+
+def test_release_hands_timers_back_only_for_their_owner(store: Store) -> None:
+    store.insert_many([make("a"), make("b")])
+    store.claim_due("r1", T0, T0, T0 + 30 * SEC, 10)
+    assert store.release("r2", ["a", "b"]) == 0
+    assert {t.status for t in store.list()} == {Status.RUNNING}
+    assert store.release("r1", ["a", "missing"]) == 1
+    got = store.get("a")
+    assert got is not None
+    assert (got.status, got.lease_owner, got.lease_until, got.due_at) == (Status.SCHEDULED, None, None, T0)
+    assert store.release("r1", ["a"]) == 0
+    assert store.release("r1", []) == 0
+    held = store.get("b")
+    assert held is not None and held.status is Status.RUNNING and held.lease_owner == "r1"
+    assert ids(store.claim_due("r2", T0, T0, T0 + 30 * SEC, 10)) == ["a"]
+
+
+# --- complete --------------------------------------------------------------------------------------
+
+
+def test_complete_records_finished_failed_and_retry(store: Store) -> None:
+    store.insert_many([make("ok"), make("gave-up"), make("retry"), make("keep-due")])
+    store.claim_due("r1", T0, T0, T0 + 30 * SEC, 10)
+    outcomes = [
+        Outcome("ok", Status.FINISHED, attempts=1, fired_at=T0 + 250 * MS),
+        Outcome("gave-up", Status.FAILED, attempts=8, last_error="HTTP 500 after 8 attempts"),
+        Outcome("retry", Status.SCHEDULED, attempts=1, last_error="timeout", due_at=T0 + 60 * SEC),
+        Outcome("keep-due", Status.SCHEDULED, attempts=2, last_error="HTTP 502"),
+    ]
+    assert store.complete("r1", outcomes) == ["ok", "gave-up", "retry", "keep-due"]
+
+    ok, failed, retry, keep = (store.get(i) for i in ("ok", "gave-up", "retry", "keep-due"))
+    assert ok == make("ok", status=Status.FINISHED, attempts=1, fired_at=T0 + 250 * MS)
+    assert failed == make("gave-up", status=Status.FAILED, attempts=8, last_error="HTTP 500 after 8 attempts")
+    assert retry == make("retry", attempts=1, last_error="timeout", due_at=T0 + 60 * SEC)
+    assert keep == make("keep-due", attempts=2, last_error="HTTP 502")
+    # The retry is due again at its new time, not before; a retry without a due_at keeps the old one.
+    assert ids(store.claim_due("r2", T0 + 59 * SEC, T0 + 59 * SEC, T0 + 90 * SEC, 10)) == ["keep-due"]
+    assert ids(store.claim_due("r2", T0 + 60 * SEC, T0 + 60 * SEC, T0 + 90 * SEC, 10)) == ["retry"]
+
+
+def test_complete_ignores_a_stale_owner_after_takeover(store: Store) -> None:
+    store.insert(make("a"))
+    store.claim_due("r1", T0, T0, T0 + 30 * SEC, 10)
+    now = T0 + 31 * SEC
+    store.claim_due("r2", now, now, now + 30 * SEC, 10)
+    stale = Outcome("a", Status.FINISHED, attempts=1, fired_at=now)
+    assert store.complete("r1", [stale]) == []
+    got = store.get("a")
+    assert got is not None
+    assert (got.status, got.lease_owner, got.attempts, got.fired_at) == (Status.RUNNING, "r2", 0, None)
+    failed = Outcome("a", Status.FAILED, attempts=1, last_error="HTTP 410")
+    assert store.complete("r2", [failed]) == ["a"]
+    got = store.get("a")
+    assert got is not None and got.status is Status.FAILED and got.last_error == "HTTP 410"
+    assert store.complete("r2", [failed]) == []
+
+
+def test_complete_ignores_timers_not_running(store: Store) -> None:
+    store.insert_many([make("sched"), make("gone")])
+    store.cancel("gone")
+    outcomes = [Outcome("sched", Status.FINISHED, 1), Outcome("gone", Status.FINISHED, 1)]
+    assert store.complete("r1", [*outcomes, Outcome("missing", Status.FINISHED, 1)]) == []
+    assert {t.timer_id: t.status for t in store.list()} == {
+        "sched": Status.SCHEDULED,
+        "gone": Status.CANCELLED,
+    }
+
+
+# --- next_due / counts / ping ----------------------------------------------------------------------
+
+
+def test_next_due_is_the_soonest_scheduled_due_at(store: Store) -> None:
+    assert store.next_due() is None
+    store.insert(make("running", T0 - SEC, status=Status.RUNNING, lease_owner="r", lease_until=T0))
+    store.insert(make("cancelled", T0 - 2 * SEC, status=Status.CANCELLED))
+    store.insert(make("later", T0 + 5 * SEC))
+    assert store.next_due() == T0 + 5 * SEC
+    store.insert(make("retry", T0 + timedelta(hours=1), due_at=T0 + 2 * SEC + 7 * MS))
+    assert store.next_due() == T0 + 2 * SEC + 7 * MS
+
+
+def test_counts_cover_every_status(store: Store) -> None:
+    assert store.counts() == dict.fromkeys(Status, 0)
+    store.insert_many([make("s1"), make("s2"), make("r", status=Status.RUNNING)])
+    store.insert_many([make("f", status=Status.FINISHED), make("x", status=Status.FAILED)])
+    store.cancel("s2")
+    assert store.counts() == {
+        Status.SCHEDULED: 1,
+        Status.RUNNING: 1,
+        Status.FINISHED: 1,
+        Status.FAILED: 1,
+        Status.CANCELLED: 1,
+    }
+
+
+def test_ping_returns_while_the_backend_answers(store: Store) -> None:
+    store.ping()  # the contract: no BackendUnavailable (its raising is tested per backend below)
+    store.insert(make("a"))
+    store.ping()
+
+
+# --- several processes on one backing store --------------------------------------------------------
+
+_CLAIMER = """
+import json, sys
+from datetime import datetime, timedelta
+kind, where, owner, now = sys.argv[1], sys.argv[2], sys.argv[3], datetime.fromisoformat(sys.argv[4])
+if kind == "sqlite":
+    from timerctl.stores.sqlite import SqliteStore
+    store = SqliteStore(where)
+else:
+    from timerctl.stores.mongo import MongoStore
+    store = MongoStore.from_uri(where)
+print("ready", flush=True)
+sys.stdin.readline()
+claimed = []
+while batch := store.claim_due(owner, now, now, now + timedelta(hours=1), 7):
+    claimed += [t.timer_id for t in batch]
+store.close()
+print(json.dumps(claimed), flush=True)
+"""
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "mongo"])
+def test_concurrent_runners_claim_every_timer_exactly_once(kind: str, tmp_path: Path) -> None:
+    timers = [make(f"t{i:04d}", T0 - i * MS) for i in range(600)]
+    if kind == "sqlite":
+        where = str(tmp_path / "timers.db")
+        setup: Store = SqliteStore(where)
+    else:
+        name = f"timerctl_test_{uuid.uuid4().hex[:12]}"
+        where = _mongo_uri().split("?")[0].rstrip("/").rsplit("/", 1)[0] + "/" + name
+        setup = MongoStore.from_uri(where)
+    try:
+        assert setup.insert_many(timers) == len(timers)
+        runners = [
+            subprocess.Popen(
+                [sys.executable, "-c", _CLAIMER, kind, where, f"runner-{n}", T0.isoformat()],
+                cwd=ROOT,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            for n in range(3)
+        ]
+        # A barrier: every runner has its store open before any of them starts claiming.
+        for runner in runners:
+            assert runner.stdout is not None
+            assert runner.stdout.readline().strip() == "ready"
+        claims: list[list[str]] = []
+        for runner in runners:
+            out, _ = runner.communicate("go\n", timeout=90)
+            assert runner.returncode == 0
+            claims.append(json.loads(out))
+        every = [timer_id for claim in claims for timer_id in claim]
+        assert len(every) == len(timers)
+        assert set(every) == {t.timer_id for t in timers}
+        by_owner = {t.timer_id: t.lease_owner for t in setup.list(limit=len(timers))}
+        for n, claim in enumerate(claims):
+            assert all(by_owner[timer_id] == f"runner-{n}" for timer_id in claim)
+        assert setup.counts()[Status.RUNNING] == len(timers)
+    finally:
+        if isinstance(setup, MongoStore):
+            setup._db.client.drop_database(setup.database)
+        setup.close()
+
+
+# --- MongoStore specifics --------------------------------------------------------------------------
+
+
+def test_mongo_unreachable_server_raises_backend_unavailable() -> None:
+    with pytest.raises(BackendUnavailable) as info:
+        MongoStore.from_uri("mongodb://127.0.0.1:1/timerctl_unreachable", timeout=0.3)
+    message = str(info.value)
+    assert "127.0.0.1:1" in message
+    assert "\n" not in message and len(message) < 300
+
+
+def test_mongo_invalid_uri_is_invalid_input_without_the_password() -> None:
+    with pytest.raises(InvalidInput) as info:
+        MongoStore.from_uri("mongodb://ops:s3cret@db.example.com:notaport/timers")
+    assert "s3cret" not in str(info.value)
+    assert "mongodb://host" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("uri", "database"),
+    [("mongodb://db.example.com:27017/ops?w=majority", "ops"), ("mongodb://db.example.com", "timerctl")],
+)
+def test_mongo_from_uri_takes_the_database_from_the_path(
+    monkeypatch: pytest.MonkeyPatch, uri: str, database: str
+) -> None:
+    clients: list[Any] = []
+
+    def fake_client(*args: Any, **kwargs: Any) -> Any:
+        clients.append(mongomock.MongoClient(*args, **kwargs))
+        return clients[-1]
+
+    monkeypatch.setattr(mongo_module, "MongoClient", fake_client)
+    store = MongoStore.from_uri(uri)
+    assert store.database == database
+    store.insert(make("a"))
+    assert clients[0][database]["timers"].count_documents({"timerId": "a"}) == 1
+    store.close()
+
+
+def test_mongo_indexes_serve_ids_claims_and_leases() -> None:
+    store = MongoStore(mongomock.MongoClient(), "timerctl_idx")
+    info = store._timers.index_information()
+    keys = {tuple(k for k, _ in spec["key"]): spec.get("unique", False) for spec in info.values()}
+    assert keys[("timerId",)] is True
+    assert ("status", "dueAt") in keys
+    assert ("status", "leaseUntil") in keys
+
+
+def test_mongo_accepts_a_database_as_well_as_a_client() -> None:
+    db: Any = mongomock.MongoClient()["given_db"]
+    store = MongoStore(db)
+    store.insert(make("a"))
+    assert store.database == "given_db"
+    assert db["timers"].count_documents({}) == 1
+
+
+def test_mongo_connection_loss_mid_operation_is_backend_unavailable(monkeypatch: pytest.MonkeyPatch) -> None:
+    store = MongoStore(mongomock.MongoClient(), "timerctl_lost")
+
+    def lost(*args: Any, **kwargs: Any) -> None:
+        raise NetworkTimeout("db.example.com:27017: timed out\nsecond line")
+
+    monkeypatch.setattr(store._timers, "find_one", lost)
+    with pytest.raises(
+        BackendUnavailable, match=r"^MongoDB store timerctl_lost is unavailable: .*timed out$"
+    ):
+        store.get("a")
+
+
+def test_mongo_ping_without_a_server_is_backend_unavailable(monkeypatch: pytest.MonkeyPatch) -> None:
+    store = MongoStore(mongomock.MongoClient(), "timerctl_ping")
+
+    def no_server(*args: Any, **kwargs: Any) -> None:
+        raise ServerSelectionTimeoutError("db.example.com:27017: [Errno 111] Connection refused, Timeout: 5s")
+
+    monkeypatch.setattr(store._db, "command", no_server)
+    with pytest.raises(BackendUnavailable, match=r"timerctl_ping is unavailable: .*Connection refused$"):
+        store.ping()
+
+
+def test_sqlite_ping_on_a_closed_store_is_backend_unavailable(tmp_path: Path) -> None:
+    store = SqliteStore(str(tmp_path / "timers.db"))
+    store.close()
+    with pytest.raises(BackendUnavailable, match=r"timers\.db"):
+        store.ping()

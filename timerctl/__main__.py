@@ -1,0 +1,5 @@
+"""``python -m timerctl`` runs the CLI."""
+
+from timerctl.cli import main
+
+main()

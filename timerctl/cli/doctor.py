@@ -1,0 +1,37 @@
+"""``doctor``: which backend each part uses, and whether each configured one answers."""
+
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from timerctl.cli.common import EXIT_UNAVAILABLE, out, print_json, service
+
+
+def doctor(as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON only.")] = False) -> None:
+    """Check the store, queue and cache: backend, round-trip time; exit 3 when any is unreachable."""
+    with service() as svc:
+        parts = svc.check()
+    down = [name for name, (_, _, error) in parts.items() if error]
+    if as_json:
+        print_json(
+            {
+                name: {
+                    "backend": backend,
+                    "ok": error is None,
+                    "rttMs": round(rtt * 1000, 2) if rtt is not None else None,
+                    "error": error,
+                }
+                for name, (backend, rtt, error) in parts.items()
+            }
+        )
+    else:
+        table = Table(title="timerctl doctor")
+        for column in ("part", "backend", "status", "round trip"):
+            table.add_column(column)
+        for name, (backend, rtt, error) in parts.items():
+            status = "[green]ok[/]" if error is None else f"[red]unreachable[/]: {error}"
+            table.add_row(name, backend, status, f"{rtt * 1000:.1f} ms" if rtt is not None else "-")
+        out.print(table)
+    if down:
+        raise typer.Exit(EXIT_UNAVAILABLE)

@@ -1,0 +1,80 @@
+"""``serve runner|consumer|all``: the long-running daemons, each a loop over the Protocols."""
+
+import threading
+from typing import Annotated
+
+import typer
+
+from timerctl.cli.common import EXIT_INVALID, errors_to_exit_codes, fail, settings_from_env
+from timerctl.daemons.lifecycle import StopFlag
+from timerctl.logs import setup_logging
+
+serve_app = typer.Typer(
+    help="Run a daemon: the runner (fires timers) or the consumer (Kafka -> store).", no_args_is_help=True
+)
+
+LogFormat = Annotated[
+    str | None, typer.Option("--log-format", help="json or text (default: json unless stderr is a terminal).")
+]
+LogLevel = Annotated[str, typer.Option("--log-level", help="DEBUG, INFO, WARNING or ERROR.")]
+
+
+def _start(log_format: str | None, log_level: str) -> StopFlag:
+    if log_format not in (None, "json", "text"):
+        raise fail(f"--log-format must be json or text, got {log_format!r}", EXIT_INVALID)
+    setup_logging(log_format, log_level)
+    stop = StopFlag()
+    stop.install()
+    return stop
+
+
+@serve_app.command("runner")
+@errors_to_exit_codes
+def runner(log_format: LogFormat = None, log_level: LogLevel = "INFO") -> None:
+    """Fire due timers until SIGTERM/SIGINT; several runners may share one store."""
+    from timerctl.daemons import runner as runner_daemon
+
+    settings = settings_from_env()
+    stop = _start(log_format, log_level)
+    raise typer.Exit(runner_daemon.serve(settings, stop))
+
+
+@serve_app.command("consumer")
+@errors_to_exit_codes
+def consumer(log_format: LogFormat = None, log_level: LogLevel = "INFO") -> None:
+    """Persist creates from Kafka into the store (needs TIMERCTL_KAFKA_BOOTSTRAP)."""
+    from timerctl.daemons import consumer as consumer_daemon
+
+    settings = settings_from_env()
+    if not settings.kafka_bootstrap:
+        raise fail(
+            "serve consumer needs TIMERCTL_KAFKA_BOOTSTRAP (creates go straight to the store without it)", EXIT_INVALID
+        )
+    stop = _start(log_format, log_level)
+    raise typer.Exit(consumer_daemon.serve(settings, stop))
+
+
+@serve_app.command("all")
+@errors_to_exit_codes
+def serve_all(log_format: LogFormat = None, log_level: LogLevel = "INFO") -> None:
+    """Run every role the configuration needs in one process: the runner, plus the consumer with Kafka."""
+    from timerctl.daemons import consumer as consumer_daemon
+    from timerctl.daemons import runner as runner_daemon
+
+    settings = settings_from_env()
+    stop = _start(log_format, log_level)
+    codes: list[int] = []
+    threads: list[threading.Thread] = []
+    if settings.kafka_bootstrap:
+        thread = threading.Thread(
+            target=lambda: codes.append(consumer_daemon.serve(settings, stop)), name="timerctl-consumer"
+        )
+        thread.start()
+        threads.append(thread)
+    try:
+        codes.append(runner_daemon.serve(settings, stop))
+    finally:
+        stop.stopping.set()
+        for thread in threads:
+            thread.join()
+    raise typer.Exit(max(codes, default=0))

@@ -1,0 +1,190 @@
+"""``create``, ``get``, ``list`` and ``cancel``: parse, call the service, print."""
+
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any, TextIO
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from tzlocal import get_localzone
+
+from timerctl.cli.common import (
+    EXIT_INVALID,
+    errors_to_exit_codes,
+    fail,
+    now,
+    out,
+    print_json,
+    service,
+    timer_table,
+    timers_table,
+)
+from timerctl.model import InvalidInput, TimerSpec, parse_payload, parse_status
+from timerctl.spec import build_spec, spec_from_mapping
+from timerctl.timeparse import parse_duration
+
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON only.")]
+
+
+def _int_or_none(name: str, text: str | None) -> int | None:
+    if text is None:
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise InvalidInput(f"--{name} must be an integer, got {text!r}") from None
+
+
+def _payload(text: str | None) -> Any:
+    if text is None:
+        return None
+    if text.startswith("@"):
+        try:
+            text = Path(text[1:]).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InvalidInput(f"cannot read payload file {text[1:]!r}: {exc}") from None
+    return parse_payload(text)
+
+
+@errors_to_exit_codes
+def create(
+    url: Annotated[str | None, typer.Option("--url", help="Absolute http(s) URL to POST to.")] = None,
+    delay: Annotated[str | None, typer.Option("--in", help="Delay such as 90s, 15m, 1h30m, 2d.")] = None,
+    at: Annotated[str | None, typer.Option("--at", help="ISO-8601 instant; naive means local time.")] = None,
+    hours: Annotated[str | None, typer.Option("--hours", help="Old-service form: hours >= 0.")] = None,
+    minutes: Annotated[str | None, typer.Option("--minutes", help="Old-service form: 0-59.")] = None,
+    seconds: Annotated[str | None, typer.Option("--seconds", help="Old-service form: 0-59.")] = None,
+    payload: Annotated[str | None, typer.Option("--payload", help="JSON sent in the body, or @file.json.")] = None,
+    timer_id: Annotated[str | None, typer.Option("--id", help="Your id; makes the create idempotent.")] = None,
+    from_file: Annotated[
+        str | None, typer.Option("--from-file", help="One JSON timer spec per line ('-' for stdin).")
+    ] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Create a timer that POSTs to --url when it expires (or many, with --from-file)."""
+    if from_file is not None:
+        if any(v is not None for v in (url, delay, at, hours, minutes, seconds, payload, timer_id)):
+            raise InvalidInput("--from-file takes every field from the file; give no other timer options")
+        _create_from_file(from_file)
+        return
+    if url is None:
+        raise InvalidInput("missing --url; give the absolute http(s) URL to POST to")
+    spec = build_spec(
+        url,
+        get_localzone(),
+        delay=delay,
+        at=at,
+        hours=_int_or_none("hours", hours),
+        minutes=_int_or_none("minutes", minutes),
+        seconds=_int_or_none("seconds", seconds),
+        payload=_payload(payload),
+        timer_id=timer_id,
+    )
+    with service() as svc:
+        timer = svc.create(spec)
+    if as_json:
+        print_json(timer.to_json(now()))
+    else:
+        out.print(timer_table(timer, now()))
+
+
+def _read_specs(stream: TextIO) -> Iterator[tuple[int, TimerSpec | InvalidInput]]:
+    zone = get_localzone()
+    for number, line in enumerate(stream, start=1):
+        if not line.strip():
+            continue
+        try:
+            yield number, spec_from_mapping(json.loads(line), zone)
+        except ValueError as exc:  # json.JSONDecodeError and InvalidInput are both ValueErrors
+            message = str(exc) if isinstance(exc, InvalidInput) else f"invalid JSON: {exc}"
+            yield number, InvalidInput(message)
+
+
+def _create_from_file(path: str) -> None:
+    try:
+        stream: TextIO = (
+            sys.stdin if path == "-" else open(path, encoding="utf-8", errors="strict")  # noqa: SIM115
+        )
+    except OSError as exc:
+        raise InvalidInput(f"cannot read {path!r}: {exc}") from None
+    total = None
+    if path != "-" and sys.stderr.isatty():
+        with open(path, "rb") as fh:
+            total = sum(1 for line in fh if line.strip())
+    bad = 0
+    progress = Progress(
+        TextColumn("creating"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        disable=not sys.stderr.isatty(),
+        transient=True,
+    )
+    try:
+        with progress, service() as svc:
+            task = progress.add_task("create", total=total)
+            for result in svc.create_many(_read_specs(stream)):
+                if result.timer is not None:
+                    sys.stdout.write(json.dumps(result.timer.to_json(now()), ensure_ascii=False) + "\n")
+                else:
+                    bad += 1
+                    sys.stdout.write(json.dumps({"line": result.line, "error": result.error}) + "\n")
+                progress.advance(task)
+    except UnicodeDecodeError as exc:
+        raise InvalidInput(f"{path!r} is not UTF-8 text: {exc.reason} at byte {exc.start}") from None
+    finally:
+        sys.stdout.flush()
+        if stream is not sys.stdin:
+            stream.close()
+    if bad:
+        raise fail(f"{bad} line(s) were invalid; the valid ones were created", EXIT_INVALID)
+
+
+@errors_to_exit_codes
+def get(
+    timer_id: Annotated[str, typer.Argument(help="The timer's id.", metavar="ID")],
+    as_json: JsonFlag = False,
+) -> None:
+    """Show one timer: status, time left, attempts and the last error."""
+    with service() as svc:
+        timer = svc.get(timer_id)
+    if as_json:
+        print_json(timer.to_json(now()))
+    else:
+        out.print(timer_table(timer, now()))
+
+
+@errors_to_exit_codes
+def list_timers(
+    status: Annotated[str | None, typer.Option("--status", help="Only timers in this status.")] = None,
+    limit: Annotated[int, typer.Option("--limit", min=1, max=100_000, help="At most this many.")] = 50,
+    due_within: Annotated[
+        str | None, typer.Option("--due-within", help="Only timers expiring within this duration, e.g. 10m.")
+    ] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """List timers soonest expiry first."""
+    wanted = parse_status(status) if status else None
+    due_before = now() + parse_duration(due_within) if due_within else None
+    with service() as svc:
+        timers = svc.list(status=wanted, limit=limit, due_before=due_before)
+    if as_json:
+        print_json([t.to_json(now()) for t in timers])
+    else:
+        out.print(timers_table(timers, now()))
+
+
+@errors_to_exit_codes
+def cancel(
+    timer_id: Annotated[str, typer.Argument(help="The timer's id.", metavar="ID")],
+    as_json: JsonFlag = False,
+) -> None:
+    """Cancel a Scheduled timer so it never fires (exit 4 when it already ran or is running)."""
+    with service() as svc:
+        timer = svc.cancel(timer_id)
+    if as_json:
+        print_json(timer.to_json(now()))
+    else:
+        out.print(timer_table(timer, now()))

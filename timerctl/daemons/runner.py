@@ -1,0 +1,297 @@
+"""The runner daemon: claims due timers from the store and fires each at its ``expiryTime``.
+
+Two threads, each with one job:
+- the main thread runs a ``schedule.Scheduler`` (claim every poll, renew leases) and writes outcomes
+  back to the store in batches, so every store call happens on one thread;
+- an asyncio loop thread holds the claimed timers as ``call_at`` handles and POSTs each at its instant,
+  with bounded concurrency (see ``delivery.Deliverer``).
+
+Timers are claimed ``lookahead`` seconds ahead of time under a lease, so firing is driven by the
+event loop's clock, not by the poll tick; a runner that dies loses its leases and another takes over.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import queue
+import random
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import replace
+from datetime import timedelta
+
+import schedule
+
+from timerctl.cache import Cache, NoCache
+from timerctl.config import Settings
+from timerctl.daemons.lifecycle import StopFlag, backoff, notify
+from timerctl.delivery import Deliverer, Signer, decide, redact
+from timerctl.model import BackendUnavailable, Timer
+from timerctl.service import Clock, system_clock
+from timerctl.stores.base import Outcome, Store
+
+log = logging.getLogger(__name__)
+
+#: Upper bound on timers held in memory at once; beyond it claims wait for room.
+MAX_HELD = 50_000
+
+
+def default_owner() -> str:
+    """A lease owner id unique per process: host, pid and a random suffix."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+def make_deliverer(settings: Settings) -> Deliverer:
+    secrets = [settings.signing_secret, settings.signing_secret_previous]
+    signer = Signer(secrets) if settings.signing_secret else None
+    return Deliverer(
+        request_timeout=settings.request_timeout,
+        connect_timeout=settings.connect_timeout,
+        concurrency=settings.concurrency,
+        per_host=settings.per_host_concurrency,
+        signer=signer,
+    )
+
+
+class Runner:
+    """Fires due timers from ``store``; ``run`` is the daemon, ``run(burst=True)`` drains what is due and exits."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        cache: Cache | None = None,
+        clock: Clock = system_clock,
+        owner: str | None = None,
+        deliverer: Deliverer | None = None,
+        rand: Callable[[], float] = random.random,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.cache = cache or NoCache()
+        self.clock = clock
+        self.owner = owner or default_owner()
+        self.deliverer = deliverer or make_deliverer(settings)
+        self.rand = rand
+        self.held: dict[str, Timer] = {}  # claimed and not yet recorded; touched by the main thread only
+        self._outcomes: queue.Queue[tuple[Timer, Outcome]] = queue.Queue()
+        self._unwritten: list[tuple[Timer, Outcome]] = []
+        self._pending: dict[str, asyncio.TimerHandle] = {}  # loop thread only
+        self._inflight: set[asyncio.Task[None]] = set()  # loop thread only
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="timerctl-fire", daemon=True)
+        self._scheduler = schedule.Scheduler()
+        self._store_down = backoff(first=0.5, cap=10.0)
+        self.fired = 0
+
+    # -- main thread ------------------------------------------------------------------------------
+
+    def run(self, stop: StopFlag | None = None, burst: bool = False) -> int:
+        """Fire timers until ``stop`` is set (or, with ``burst``, until nothing is due); returns exit code 0."""
+        stop = StopFlag() if stop is None else stop
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self.deliverer.start(), self._loop).result()
+        _every(self._scheduler, self.settings.poll_interval).do(self.claim)
+        _every(self._scheduler, max(0.5, self.settings.lease / 3)).do(self.renew)
+        watchdog = int(os.environ.get("WATCHDOG_USEC", "0") or 0)
+        if watchdog:
+            _every(self._scheduler, watchdog / 2e6).do(notify, "WATCHDOG=1")
+        log.info("runner %s started", self.owner, extra={"event": "runner_started"})
+        notify("READY=1")
+        try:
+            self.claim()
+            while not stop:
+                self._scheduler.run_pending()
+                self.flush(timeout=min(0.05, max(0.0, self._scheduler.idle_seconds or 0.05)))
+                if burst and not self.held and self.claim() == 0:
+                    break
+        finally:
+            self._drain(stop)
+        return 0
+
+    def claim(self) -> int:
+        """Claim what falls due within the lookahead window and hand it to the loop; returns how many."""
+        total = 0
+        while len(self.held) < MAX_HELD:
+            now = self.clock()
+            limit = min(self.settings.claim_batch, MAX_HELD - len(self.held))
+            try:
+                timers = self.store.claim_due(
+                    self.owner,
+                    now,
+                    now + timedelta(seconds=self.settings.lookahead),
+                    now + timedelta(seconds=self.settings.lease),
+                    limit,
+                )
+            except BackendUnavailable as exc:
+                self._store_unavailable(exc)
+                return total
+            for timer in timers:
+                self.held[timer.timer_id] = timer
+            if timers:
+                self._loop.call_soon_threadsafe(self._schedule_fire, timers)
+                self.cache.put_many(timers, now)
+            total += len(timers)
+            if len(timers) < limit:
+                break
+        return total
+
+    def renew(self) -> None:
+        """Extend the leases of held timers; forget (and do not fire) any whose lease was lost."""
+        if not self.held:
+            return
+        try:
+            kept = self.store.renew(self.owner, list(self.held), self.clock() + timedelta(seconds=self.settings.lease))
+        except BackendUnavailable as exc:
+            self._store_unavailable(exc)
+            return
+        lost = [tid for tid in self.held if tid not in kept]
+        for tid in lost:
+            log.warning("lease on %s lost; another runner owns it now", tid, extra={"timer_id": tid})
+            self.held.pop(tid, None)
+        if lost:
+            self._loop.call_soon_threadsafe(self._unschedule, lost)
+
+    def flush(self, timeout: float = 0.0) -> int:
+        """Write finished attempts to the store in one batch; returns how many were recorded."""
+        batch = self._unwritten
+        try:
+            batch.append(self._outcomes.get(timeout=timeout) if timeout > 0 else self._outcomes.get_nowait())
+            while True:
+                batch.append(self._outcomes.get_nowait())
+        except queue.Empty:
+            pass
+        if not batch:
+            return 0
+        try:
+            recorded: set[str] = set(self.store.complete(self.owner, [o for _, o in batch]))
+        except BackendUnavailable as exc:
+            self._unwritten = batch  # kept in memory and retried; the leases keep others off them
+            self._store_unavailable(exc)
+            return 0
+        self._unwritten = []
+        updated = []
+        for timer, outcome in batch:
+            self.held.pop(timer.timer_id, None)
+            if timer.timer_id in recorded:
+                updated.append(_apply(timer, outcome))
+        self.cache.put_many(updated, self.clock())
+        self._store_down = backoff(first=0.5, cap=10.0)
+        return len(recorded)
+
+    def _store_unavailable(self, exc: Exception) -> None:
+        delay = next(self._store_down)
+        log.error("store unavailable, retrying in %.1fs: %s", delay, exc, extra={"event": "store_down"})
+        time.sleep(min(delay, 1.0))
+
+    def _drain(self, stop: StopFlag) -> None:
+        """Stop in order: release unstarted claims, let in-flight POSTs finish (bounded), record, close."""
+        notify("STOPPING=1")
+        unstarted = asyncio.run_coroutine_threadsafe(self._take_unstarted(), self._loop).result()
+        if unstarted:
+            try:
+                self.store.release(self.owner, unstarted)
+            except BackendUnavailable as exc:
+                log.error("could not release %d claims (their leases will expire): %s", len(unstarted), exc)
+            for tid in unstarted:
+                self.held.pop(tid, None)
+        deadline = time.monotonic() + self.settings.drain_timeout
+        while self.held and not stop.forced.is_set() and time.monotonic() < deadline:
+            self.flush(timeout=0.1)
+        if self.held:
+            log.warning(
+                "%d deliveries still in flight at exit; their leases expire and another runner retries", len(self.held)
+            )
+        asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop).result(timeout=10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)
+        self._scheduler.clear()
+        log.info("runner %s stopped", self.owner, extra={"event": "runner_stopped"})
+
+    # -- event loop thread ------------------------------------------------------------------------
+
+    def _schedule_fire(self, timers: list[Timer]) -> None:
+        now = self.clock()
+        for timer in timers:
+            if timer.timer_id in self._pending:
+                continue
+            delay = max(0.0, (timer.due_at - now).total_seconds())
+            self._pending[timer.timer_id] = self._loop.call_later(delay, self._fire, timer)
+
+    def _unschedule(self, timer_ids: list[str]) -> None:
+        for tid in timer_ids:
+            handle = self._pending.pop(tid, None)
+            if handle is not None:
+                handle.cancel()
+
+    def _fire(self, timer: Timer) -> None:
+        self._pending.pop(timer.timer_id, None)
+        task = self._loop.create_task(self._deliver(timer))
+        self._inflight.add(task)
+        task.add_done_callback(self._inflight.discard)
+
+    async def _deliver(self, timer: Timer) -> None:
+        attempt = timer.attempts + 1
+        fired_at = self.clock()
+        result = await self.deliverer.deliver(timer, attempt, fired_at)
+        outcome = decide(timer, attempt, result, self.clock(), self.settings.retry, self.rand())
+        lateness = (fired_at - timer.due_at).total_seconds()
+        log.info(
+            "timer %s attempt %d to %s: %s",
+            timer.timer_id,
+            attempt,
+            redact(timer.webhook_url),
+            "delivered" if result.ok else result.error,
+            extra={"timer_id": timer.timer_id, "event": "fired", "lateness": lateness, "status": outcome.status.value},
+        )
+        self.fired += 1
+        self._outcomes.put((timer, outcome))
+
+    async def _take_unstarted(self) -> list[str]:
+        ids = list(self._pending)
+        self._unschedule(ids)
+        return ids
+
+    async def _shutdown(self) -> None:
+        for task in list(self._inflight):
+            task.cancel()
+        await self.deliverer.aclose()
+
+
+def _every(scheduler: schedule.Scheduler, seconds: float) -> schedule.Job:
+    """A job every ``seconds``; schedule is typed for ints but builds a timedelta, so fractions work."""
+    job: schedule.Job = scheduler.every(seconds).seconds  # type: ignore[arg-type]
+    return job
+
+
+def _apply(timer: Timer, outcome: Outcome) -> Timer:
+    """``timer`` as the store now has it after ``outcome`` (for the cache)."""
+    return replace(
+        timer,
+        status=outcome.status,
+        attempts=outcome.attempts,
+        fired_at=outcome.fired_at,
+        last_error=outcome.last_error,
+        due_at=outcome.due_at or timer.due_at,
+        lease_owner=None,
+        lease_until=None,
+    )
+
+
+def serve(settings: Settings, stop: StopFlag, store: Store | None = None, cache: Cache | None = None) -> int:
+    """The ``timerctl serve runner`` entry: open the backends, run until stopped, close them."""
+    from timerctl.service import open_cache
+    from timerctl.stores import open_store
+
+    store = store or open_store(settings)
+    cache = cache or open_cache(settings, log.warning)
+    try:
+        return Runner(settings, store, cache).run(stop)
+    finally:
+        cache.close()
+        store.close()

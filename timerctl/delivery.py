@@ -1,0 +1,160 @@
+"""The webhook POST: body and headers, signing, timeouts, per-host isolation and the retry decision.
+
+Delivery failures are returned as data (``Attempt``), never raised: the runner turns each into a
+Finished, retry or Failed outcome. Redirects are not followed: a 3xx is a failed attempt, so a target
+can never bounce the runner to an address the target checks would have refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+
+from timerctl import __version__
+from timerctl.model import RetryPolicy, Status, Timer, format_instant
+from timerctl.stores.base import Outcome
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """The result of one POST: ``ok`` for a 2xx; ``retryable`` False for a refusal never worth retrying."""
+
+    ok: bool
+    status_code: int | None = None
+    error: str | None = None
+    retryable: bool = True
+    duration: float = 0.0
+
+
+class RefusedTarget(Exception):
+    """The target must not be called (blocked address); the timer fails without retries."""
+
+
+def build_body(timer: Timer, attempt: int, fired_at: datetime) -> bytes:
+    """The JSON body every receiver gets: ``{"timerId","expiryTime","firedAt","attempt","payload"}``."""
+    return json.dumps(
+        {
+            "timerId": timer.timer_id,
+            "expiryTime": format_instant(timer.expiry_time),
+            "firedAt": format_instant(fired_at),
+            "attempt": attempt,
+            "payload": timer.payload,
+        },
+        separators=(",", ":"),
+        ensure_ascii=False,
+    ).encode()
+
+
+def build_headers(timer: Timer, body: bytes, fired_at: datetime, signer: Signer | None) -> dict[str, str]:
+    """Headers of a delivery: content type, agent, idempotency key and the Standard Webhooks trio."""
+    headers = {
+        "Content-Type": "application/json",
+        "User-Agent": f"timerctl/{__version__}",
+        "Idempotency-Key": timer.timer_id,
+        "webhook-id": timer.timer_id,
+        "webhook-timestamp": str(int(fired_at.timestamp())),
+    }
+    if signer is not None:
+        headers["webhook-signature"] = signer.sign(timer.timer_id, fired_at, body)
+    return headers
+
+
+class Signer:
+    """Standard Webhooks signatures (``v1,<base64 HMAC-SHA256>``), one per secret during rotation."""
+
+    def __init__(self, secrets: list[str]) -> None:
+        from standardwebhooks.webhooks import Webhook
+
+        self._hooks = [Webhook(s) for s in secrets if s]
+        if not self._hooks:
+            raise ValueError("a Signer needs at least one secret")
+
+    def sign(self, msg_id: str, at: datetime, body: bytes) -> str:
+        text = body.decode()
+        return " ".join(hook.sign(msg_id, at, text) for hook in self._hooks)
+
+
+def decide(timer: Timer, attempt: int, result: Attempt, now: datetime, policy: RetryPolicy, rand: float) -> Outcome:
+    """The outcome to record after attempt number ``attempt`` of ``timer`` produced ``result``."""
+    if result.ok:
+        return Outcome(timer.timer_id, Status.FINISHED, attempt, fired_at=now)
+    error = result.error or f"HTTP {result.status_code}"
+    delay = policy.next_delay(attempt, rand) if result.retryable else None
+    if delay is None:
+        return Outcome(timer.timer_id, Status.FAILED, attempt, last_error=error)
+    return Outcome(timer.timer_id, Status.SCHEDULED, attempt, last_error=error, due_at=now + timedelta(seconds=delay))
+
+
+def redact(url: str) -> str:
+    """The URL without its query string or fragment, for logs (queries often carry tokens)."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}{parts.path}"
+
+
+class Deliverer:
+    """Async POSTs with bounded concurrency overall and per host, so one slow target cannot starve others."""
+
+    def __init__(
+        self,
+        request_timeout: float = 10.0,
+        connect_timeout: float = 5.0,
+        concurrency: int = 256,
+        per_host: int = 32,
+        signer: Signer | None = None,
+        guard: Any = None,
+    ) -> None:
+        self.signer = signer
+        self.guard = guard
+        self._timeout = httpx.Timeout(request_timeout, connect=connect_timeout)
+        self._limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+        self._per_host_limit = per_host
+        self._overall: asyncio.Semaphore | None = None
+        self._hosts: dict[str, asyncio.Semaphore] = {}
+        self._client: httpx.AsyncClient | None = None
+        self._concurrency = concurrency
+
+    async def start(self) -> None:
+        """Create the client and semaphores inside the running event loop."""
+        self._client = httpx.AsyncClient(timeout=self._timeout, limits=self._limits, follow_redirects=False)
+        self._overall = asyncio.Semaphore(self._concurrency)
+        self._hosts = defaultdict(lambda: asyncio.Semaphore(self._per_host_limit))
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+
+    async def deliver(self, timer: Timer, attempt: int, fired_at: datetime) -> Attempt:
+        """POST ``timer`` once; every failure comes back as a non-ok Attempt."""
+        assert self._client is not None and self._overall is not None, "call start() first"
+        body = build_body(timer, attempt, fired_at)
+        headers = build_headers(timer, body, fired_at, self.signer)
+        host = urlsplit(timer.webhook_url).hostname or ""
+        started = time.perf_counter()
+        async with self._overall, self._hosts[host]:
+            try:
+                if self.guard is not None:
+                    await self.guard.check(timer.webhook_url)
+                response = await self._client.post(timer.webhook_url, content=body, headers=headers)
+            except RefusedTarget as exc:
+                return Attempt(False, error=str(exc), retryable=False, duration=time.perf_counter() - started)
+            except httpx.TimeoutException as exc:
+                return Attempt(False, error=f"timeout: {type(exc).__name__}", duration=time.perf_counter() - started)
+            except httpx.HTTPError as exc:
+                return Attempt(
+                    False, error=f"{type(exc).__name__}: {exc}"[:500], duration=time.perf_counter() - started
+                )
+        duration = time.perf_counter() - started
+        if 200 <= response.status_code < 300:
+            return Attempt(True, response.status_code, duration=duration)
+        return Attempt(False, response.status_code, error=f"HTTP {response.status_code}", duration=duration)

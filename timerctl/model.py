@@ -1,0 +1,363 @@
+"""Timer, its statuses and the rules of its life — pure: no I/O and no clock reads.
+
+Every function that needs "now" takes it as an argument, so the whole state machine is testable with
+fixed instants and the same rules serve the CLI, the consumer and the runners.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import uuid
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from typing import Any
+from urllib.parse import urlsplit
+
+MAX_URL_LENGTH = 2048
+MAX_PAYLOAD_BYTES = 64 * 1024
+TIMER_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+DEFAULT_HORIZON = timedelta(days=365)
+
+
+class TimerError(Exception):
+    """Base of the domain errors; each maps to one documented exit code."""
+
+    exit_code = 1
+
+
+class InvalidInput(TimerError):
+    """The request is malformed or out of range (exit 2)."""
+
+    exit_code = 2
+
+
+class NotFound(TimerError):
+    """No timer with that id (exit 1)."""
+
+    exit_code = 1
+
+    def __init__(self, timer_id: str) -> None:
+        super().__init__(f"timer {timer_id} not found")
+        self.timer_id = timer_id
+
+
+class Conflict(TimerError):
+    """The request contradicts the timer's current state (exit 4)."""
+
+    exit_code = 4
+
+
+class BackendUnavailable(TimerError):
+    """A configured server (store, broker, cache) did not answer (exit 3)."""
+
+    exit_code = 3
+
+
+class Status(StrEnum):
+    SCHEDULED = "Scheduled"
+    RUNNING = "Running"
+    FINISHED = "Finished"
+    FAILED = "Failed"
+    CANCELLED = "Cancelled"
+
+    @property
+    def is_final(self) -> bool:
+        return self in FINAL_STATUSES
+
+
+FINAL_STATUSES = frozenset({Status.FINISHED, Status.FAILED, Status.CANCELLED})
+
+#: The only moves a timer may make. Running → Scheduled is a retry after a failed attempt or a
+#: released claim; Running → Running is a lease taken over from a runner that died.
+TRANSITIONS: dict[Status, frozenset[Status]] = {
+    Status.SCHEDULED: frozenset({Status.RUNNING, Status.CANCELLED}),
+    Status.RUNNING: frozenset({Status.RUNNING, Status.SCHEDULED, Status.FINISHED, Status.FAILED}),
+    Status.FINISHED: frozenset(),
+    Status.FAILED: frozenset(),
+    Status.CANCELLED: frozenset(),
+}
+
+
+def can_transition(src: Status, dst: Status) -> bool:
+    """True when the state machine allows moving from ``src`` to ``dst``."""
+    return dst in TRANSITIONS[src]
+
+
+def parse_status(text: str) -> Status:
+    """The Status named by ``text`` (case-insensitive), or InvalidInput naming the accepted values."""
+    for status in Status:
+        if status.value.lower() == text.strip().lower():
+            return status
+    accepted = ", ".join(s.value for s in Status)
+    raise InvalidInput(f"unknown status {text!r}; expected one of {accepted}")
+
+
+def utc(dt: datetime) -> datetime:
+    """``dt`` in UTC truncated to milliseconds, the precision every store and the JSON form keep."""
+    if dt.tzinfo is None:
+        raise ValueError("naive datetime reached the core; parse with an offset first")
+    dt = dt.astimezone(UTC)
+    return dt.replace(microsecond=dt.microsecond // 1000 * 1000)
+
+
+def format_instant(dt: datetime) -> str:
+    """ISO-8601 UTC with milliseconds and ``Z``: ``2026-11-25T18:00:00.000Z``."""
+    dt = utc(dt)
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
+
+
+def parse_instant(text: str) -> datetime:
+    """A UTC datetime from the ``format_instant`` form (or any ISO-8601 with an offset)."""
+    try:
+        dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except (ValueError, AttributeError) as exc:
+        raise InvalidInput(f"invalid instant {text!r}; expected ISO-8601 like 2026-11-25T18:00:00Z") from exc
+    if dt.tzinfo is None:
+        raise InvalidInput(f"instant {text!r} has no offset; add Z or +HH:MM")
+    return utc(dt)
+
+
+def validate_timer_id(timer_id: str) -> str:
+    if not isinstance(timer_id, str) or not TIMER_ID_RE.fullmatch(timer_id):
+        raise InvalidInput(f"invalid timer id {timer_id!r}; expected 1-128 characters from A-Z a-z 0-9 . _ : -")
+    return timer_id
+
+
+def validate_url(url: str) -> str:
+    """The URL unchanged when it is an absolute http(s) URL a runner may POST to."""
+    if not isinstance(url, str) or not url:
+        raise InvalidInput("webhook URL is empty; expected an absolute http(s) URL")
+    if len(url) > MAX_URL_LENGTH:
+        raise InvalidInput(f"webhook URL is {len(url)} characters; at most {MAX_URL_LENGTH} are accepted")
+    if any(ord(c) < 0x21 or ord(c) == 0x7F for c in url):
+        raise InvalidInput(f"webhook URL {url[:80]!r} contains whitespace or control characters")
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+        _ = parts.port  # raises on a malformed port
+    except ValueError as exc:
+        raise InvalidInput(f"invalid webhook URL {url[:80]!r}: {exc}") from exc
+    if parts.scheme not in ("http", "https"):
+        raise InvalidInput(f"webhook URL {url[:80]!r} must start with http:// or https://")
+    if parts.username is not None or parts.password is not None:
+        raise InvalidInput("webhook URL must not carry user:password credentials; put secrets in the payload")
+    if not host:
+        raise InvalidInput(f"webhook URL {url[:80]!r} has no host")
+    return url
+
+
+def encode_payload(payload: Any) -> str | None:
+    """The payload as compact JSON text (None for no payload); InvalidInput when over 64 KiB."""
+    if payload is None:
+        return None
+    try:
+        text = json.dumps(payload, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise InvalidInput(f"payload is not JSON-serialisable: {exc}") from exc
+    size = len(text.encode())
+    if size > MAX_PAYLOAD_BYTES:
+        raise InvalidInput(f"payload is {size} bytes; at most {MAX_PAYLOAD_BYTES} (64 KiB) are accepted")
+    return text
+
+
+def parse_payload(text: str) -> Any:
+    """A JSON value from the text of ``--payload``; InvalidInput naming the JSON error otherwise."""
+    if len(text.encode(errors="surrogateescape")) > MAX_PAYLOAD_BYTES:
+        raise InvalidInput(f"payload is over {MAX_PAYLOAD_BYTES} bytes (64 KiB)")
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise InvalidInput(f"payload is not valid JSON: {exc}") from exc
+    encode_payload(value)
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class TimerSpec:
+    """What a client asked for; resolved against a clock into a Timer.
+
+    Exactly one of ``expiry_time`` (an absolute instant) and ``delay`` (relative to creation) is set.
+    Keeping the relative form lets a retried ``create --id X --in 90s`` be recognised as the same request.
+    """
+
+    webhook_url: str
+    expiry_time: datetime | None = None
+    delay: timedelta | None = None
+    payload: Any = None
+    timer_id: str | None = None
+
+    def validate(self, now: datetime, horizon: timedelta = DEFAULT_HORIZON) -> None:
+        validate_url(self.webhook_url)
+        if self.timer_id is not None:
+            validate_timer_id(self.timer_id)
+        encode_payload(self.payload)
+        if (self.expiry_time is None) == (self.delay is None):
+            raise InvalidInput("give exactly one of a delay (--in) or an instant (--at)")
+        if self.delay is not None:
+            if self.delay < timedelta(0):
+                raise InvalidInput(f"delay {self.delay} is negative; expected 0s or more")
+            if self.delay > horizon:
+                raise InvalidInput(f"delay {self.delay} is beyond the horizon of {horizon}")
+        if self.expiry_time is not None:
+            at = utc(self.expiry_time)
+            if at < utc(now):
+                raise InvalidInput(f"instant {format_instant(at)} is in the past; expected now or later")
+            if at - now > horizon:
+                raise InvalidInput(f"instant {format_instant(at)} is beyond the horizon of {horizon}")
+
+    def resolve(self, now: datetime, horizon: timedelta = DEFAULT_HORIZON, new_id: str | None = None) -> Timer:
+        """A new Scheduled timer for this spec created at ``now``; InvalidInput when the spec is bad."""
+        self.validate(now, horizon)
+        created = utc(now)
+        expiry = utc(self.expiry_time) if self.expiry_time is not None else utc(created + (self.delay or timedelta()))
+        return Timer(
+            timer_id=self.timer_id or new_id or str(uuid.uuid4()),
+            webhook_url=self.webhook_url,
+            expiry_time=expiry,
+            created_at=created,
+            payload=self.payload,
+        )
+
+    def matches(self, timer: Timer) -> bool:
+        """True when ``timer`` is what this spec would have created (the idempotent ``--id`` check)."""
+        if timer.webhook_url != self.webhook_url or encode_payload(timer.payload) != encode_payload(self.payload):
+            return False
+        if self.delay is not None:
+            return utc(timer.created_at + self.delay) == timer.expiry_time
+        return self.expiry_time is not None and utc(self.expiry_time) == timer.expiry_time
+
+
+@dataclass(frozen=True, slots=True)
+class Timer:
+    """One durable promise to POST ``payload`` to ``webhook_url`` at ``expiry_time``.
+
+    ``due_at`` is when a runner should next act: the expiry at first, later the retry time.
+    ``lease_owner``/``lease_until`` are the claim of the runner delivering it (status Running).
+    """
+
+    timer_id: str
+    webhook_url: str
+    expiry_time: datetime
+    created_at: datetime
+    status: Status = Status.SCHEDULED
+    payload: Any = None
+    attempts: int = 0
+    fired_at: datetime | None = None
+    last_error: str | None = None
+    due_at: datetime = field(default=datetime.min.replace(tzinfo=UTC))
+    lease_owner: str | None = None
+    lease_until: datetime | None = None
+
+    def __post_init__(self) -> None:
+        if self.due_at == datetime.min.replace(tzinfo=UTC):
+            object.__setattr__(self, "due_at", self.expiry_time)
+
+    def time_left(self, now: datetime) -> int:
+        """Whole seconds until expiry, floored, never negative."""
+        return max(0, math.floor((self.expiry_time - now).total_seconds()))
+
+    def to_json(self, now: datetime) -> dict[str, Any]:
+        """The public JSON form (field names of the HTTP service timerctl replaces)."""
+        return {
+            "timerId": self.timer_id,
+            "webhookUrl": self.webhook_url,
+            "expiryTime": format_instant(self.expiry_time),
+            "createdAt": format_instant(self.created_at),
+            "timerStatus": self.status.value,
+            "timeLeft": self.time_left(now),
+            "payload": self.payload,
+            "attempts": self.attempts,
+            "firedAt": format_instant(self.fired_at) if self.fired_at else None,
+            "lastError": self.last_error,
+        }
+
+    def to_record(self) -> dict[str, Any]:
+        """The wire form used on the queue and in the cache: public fields, no derived ``timeLeft``."""
+        return {
+            "timerId": self.timer_id,
+            "webhookUrl": self.webhook_url,
+            "expiryTime": format_instant(self.expiry_time),
+            "createdAt": format_instant(self.created_at),
+            "timerStatus": self.status.value,
+            "payload": self.payload,
+            "attempts": self.attempts,
+            "firedAt": format_instant(self.fired_at) if self.fired_at else None,
+            "lastError": self.last_error,
+            "dueAt": format_instant(self.due_at),
+        }
+
+    @classmethod
+    def from_record(cls, data: Any) -> Timer:
+        """A Timer from ``to_record``/``to_json`` output; InvalidInput naming the first bad field."""
+        if not isinstance(data, dict):
+            raise InvalidInput(f"timer record must be a JSON object, got {type(data).__name__}")
+        try:
+            timer_id = validate_timer_id(data["timerId"])
+            url = validate_url(data["webhookUrl"])
+            expiry = parse_instant(data["expiryTime"])
+            created = parse_instant(data["createdAt"])
+            status = Status(data.get("timerStatus", Status.SCHEDULED.value))
+            attempts = data.get("attempts", 0)
+            if not isinstance(attempts, int) or isinstance(attempts, bool) or attempts < 0:
+                raise InvalidInput(f"attempts must be a non-negative integer, got {attempts!r}")
+            fired = data.get("firedAt")
+            last_error = data.get("lastError")
+            if last_error is not None and not isinstance(last_error, str):
+                raise InvalidInput("lastError must be a string or null")
+            due = data.get("dueAt")
+            payload = data.get("payload")
+            encode_payload(payload)
+            return cls(
+                timer_id=timer_id,
+                webhook_url=url,
+                expiry_time=expiry,
+                created_at=created,
+                status=status,
+                payload=payload,
+                attempts=attempts,
+                fired_at=parse_instant(fired) if fired else None,
+                last_error=last_error,
+                due_at=parse_instant(due) if due else expiry,
+            )
+        except KeyError as exc:
+            raise InvalidInput(f"timer record is missing {exc.args[0]!r}") from exc
+        except (TypeError, ValueError) as exc:
+            if isinstance(exc, InvalidInput):
+                raise
+            raise InvalidInput(f"timer record has a bad value: {exc}") from exc
+
+    def move(self, status: Status, **changes: Any) -> Timer:
+        """A copy in ``status``; ValueError when the state machine forbids the move."""
+        if not can_transition(self.status, status):
+            raise ValueError(f"{self.timer_id}: {self.status.value} -> {status.value} is not allowed")
+        return replace(self, status=status, **changes)
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """When to try a failed delivery again: exponential backoff with full jitter, capped."""
+
+    max_attempts: int = 8
+    first_delay: float = 1.0
+    max_delay: float = 300.0
+
+    def next_delay(self, attempts: int, rand: float) -> float | None:
+        """Seconds before the next attempt after ``attempts`` tries, or None when exhausted.
+
+        ``rand`` in [0, 1) is the caller's random draw (the core reads no randomness itself). The delay is
+        half fixed, half jittered so retries never bunch up yet never come sooner than half the backoff.
+        """
+        if attempts >= self.max_attempts:
+            return None
+        base = min(self.max_delay, self.first_delay * (2.0 ** max(0, attempts - 1)))
+        return base / 2 + base / 2 * rand
+
+
+def cancel(timer: Timer) -> Timer:
+    """The cancelled copy of ``timer``; Conflict naming its status when it is no longer Scheduled."""
+    if timer.status is not Status.SCHEDULED:
+        raise Conflict(f"timer {timer.timer_id} is {timer.status.value}; only a Scheduled timer can be cancelled")
+    return timer.move(Status.CANCELLED, lease_owner=None, lease_until=None)

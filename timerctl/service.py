@@ -1,0 +1,194 @@
+"""The client side of timerctl: create, get, list and cancel over whichever backends are configured.
+
+The CLI and the HTTP API both call this and nothing below it. Backends open lazily: a create through
+Kafka never touches the store unless an ``--id`` must be checked against it.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from functools import cached_property
+from typing import Any
+
+from timerctl.cache import Cache, NoCache
+from timerctl.config import Settings
+from timerctl.model import BackendUnavailable, Conflict, InvalidInput, NotFound, Status, Timer, TimerSpec
+from timerctl.queue import Queue, open_queue
+from timerctl.stores import Store, open_store
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], datetime]
+
+
+def system_clock() -> datetime:
+    return datetime.now(UTC)
+
+
+def open_cache(settings: Settings, warn: Callable[[str], None]) -> Cache:
+    """Redis when ``TIMERCTL_REDIS_URL`` is set, else no cache."""
+    if not settings.redis_url:
+        return NoCache()
+    from timerctl.redis_cache import RedisCache
+
+    return RedisCache(settings.redis_url, grace=settings.cache_grace, warn=warn)
+
+
+@dataclass(frozen=True, slots=True)
+class LineResult:
+    """One line of a ``--from-file`` import: the timer created, or the error for that line."""
+
+    line: int
+    timer: Timer | None = None
+    error: str | None = None
+
+
+@dataclass
+class TimerService:
+    """Timers over the configured queue, store and cache; ``clock`` is injectable for tests."""
+
+    settings: Settings
+    clock: Clock = system_clock
+    warn: Callable[[str], None] = log.warning
+    _closers: list[Callable[[], None]] = field(default_factory=list)
+
+    @cached_property
+    def store(self) -> Store:
+        store = open_store(self.settings)
+        self._closers.append(store.close)
+        return store
+
+    @cached_property
+    def queue(self) -> Queue:
+        queue = open_queue(self.settings, lambda: self.store)
+        self._closers.append(queue.close)
+        return queue
+
+    @cached_property
+    def cache(self) -> Cache:
+        cache = open_cache(self.settings, self.warn)
+        self._closers.append(cache.close)
+        return cache
+
+    def close(self) -> None:
+        for closer in reversed(self._closers):
+            try:
+                closer()
+            except Exception:  # closing must never mask the command's own outcome
+                log.debug("error while closing a backend", exc_info=True)
+        self._closers.clear()
+
+    def __enter__(self) -> TimerService:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _lookup(self, timer_id: str) -> Timer | None:
+        return self.cache.get(timer_id) or self.store.get(timer_id)
+
+    def create(self, spec: TimerSpec) -> Timer:
+        """The created timer, or the existing one for a repeated ``--id`` with the same spec.
+
+        Conflict when the id exists with a different spec; BackendUnavailable when the queue is down.
+        """
+        now = self.clock()
+        timer = spec.resolve(now, self.settings.horizon)
+        if spec.timer_id is not None:
+            existing = self._lookup(spec.timer_id)
+            if existing is not None:
+                return _same_or_conflict(spec, existing)
+        stored = self.queue.submit([timer])[0]
+        if spec.timer_id is not None and stored is not timer and stored != timer:
+            # Another client created the same id between our lookup and our insert.
+            return _same_or_conflict(spec, stored)
+        self.cache.put(stored, now)
+        return stored
+
+    def create_many(
+        self, specs: Iterable[tuple[int, TimerSpec | InvalidInput]], batch: int = 1000
+    ) -> Iterator[LineResult]:
+        """Results in input order; valid specs are submitted in batches, invalid ones reported per line."""
+        pending: list[tuple[int, Timer]] = []
+        for line, spec in specs:
+            if isinstance(spec, InvalidInput):
+                yield LineResult(line, error=str(spec))
+                continue
+            try:
+                pending.append((line, spec.resolve(self.clock(), self.settings.horizon)))
+            except InvalidInput as exc:
+                yield LineResult(line, error=str(exc))
+                continue
+            if len(pending) >= batch:
+                yield from self._flush(pending)
+                pending = []
+        if pending:
+            yield from self._flush(pending)
+
+    def _flush(self, pending: Sequence[tuple[int, Timer]]) -> Iterator[LineResult]:
+        timers = [t for _, t in pending]
+        self.queue.submit(timers)
+        self.cache.put_many(timers, self.clock())
+        for line, timer in pending:
+            yield LineResult(line, timer=timer)
+
+    def get(self, timer_id: str) -> Timer:
+        """The timer from the cache, else the store; NotFound when neither has it."""
+        timer = self._lookup(timer_id)
+        if timer is None:
+            raise NotFound(timer_id)
+        return timer
+
+    def list(self, status: Status | None = None, limit: int = 100, due_before: datetime | None = None) -> list[Timer]:
+        return self.store.list(status=status, limit=limit, due_before=due_before)
+
+    def cancel(self, timer_id: str) -> Timer:
+        """Cancel at once in the store (a tombstone when the create is still queued), then tell the queue."""
+        cached = self.cache.get(timer_id)
+        fallback = cached if cached is not None and cached.status is Status.SCHEDULED else None
+        done = self.store.cancel(timer_id, fallback=fallback)
+        self.cache.put(done, self.clock())
+        try:
+            self.queue.submit_cancel(timer_id)
+        except BackendUnavailable as exc:
+            # The store already holds the cancel; the queued record only keeps replicas in order.
+            self.warn(f"cancel of {timer_id} stored, but not published to the queue: {exc}")
+        return done
+
+    def counts(self) -> dict[Status, int]:
+        return self.store.counts()
+
+    def check(self) -> dict[str, tuple[str, float | None, str | None]]:
+        """Each part's backend with its round-trip seconds, or the error that made it unreachable."""
+        import time
+
+        parts: dict[str, tuple[str, float | None, str | None]] = {}
+        described = self.settings.describe()
+        probes: dict[str, Callable[[], Any]] = {
+            "store": lambda: self.store.ping(),
+            "cache": lambda: self.cache.ping(),
+            "queue": lambda: getattr(self.queue, "ping", lambda: None)(),
+        }
+        for part in ("store", "queue", "cache"):
+            start = time.perf_counter()
+            try:
+                probes[part]()
+                parts[part] = (described[part], time.perf_counter() - start, None)
+            except BackendUnavailable as exc:
+                parts[part] = (described[part], None, str(exc))
+        return parts
+
+
+def _same_or_conflict(spec: TimerSpec, existing: Timer) -> Timer:
+    if spec.matches(existing):
+        return existing
+    raise Conflict(f"timer {existing.timer_id} already exists with a different spec")
+
+
+def jitter() -> float:
+    """A random draw for retry jitter, kept here so the core stays free of randomness."""
+    return random.random()
