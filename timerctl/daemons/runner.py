@@ -31,9 +31,10 @@ from timerctl.cache import Cache, NoCache
 from timerctl.config import Settings
 from timerctl.daemons.lifecycle import StopFlag, backoff, notify
 from timerctl.delivery import Deliverer, Signer, decide, redact
-from timerctl.model import BackendUnavailable, Timer
+from timerctl.model import BackendUnavailable, Timer, utc
 from timerctl.service import Clock, system_clock
 from timerctl.stores.base import Outcome, Store
+from timerctl.targets import TargetGuard, TargetPolicy
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,7 @@ def make_deliverer(settings: Settings) -> Deliverer:
         concurrency=settings.concurrency,
         per_host=settings.per_host_concurrency,
         signer=signer,
+        guard=TargetGuard(TargetPolicy.from_settings(settings.block_private_targets, settings.allowed_targets)),
     )
 
 
@@ -210,6 +212,8 @@ class Runner:
         asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop).result(timeout=10)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=10)
+        if not self._thread.is_alive():
+            self._loop.close()
         self._scheduler.clear()
         log.info("runner %s stopped", self.owner, extra={"event": "runner_stopped"})
 
@@ -237,9 +241,11 @@ class Runner:
 
     async def _deliver(self, timer: Timer) -> None:
         attempt = timer.attempts + 1
-        fired_at = self.clock()
+        fired_at = utc(self.clock())  # the body's millisecond precision, so the store records the same instant
         result = await self.deliverer.deliver(timer, attempt, fired_at)
         outcome = decide(timer, attempt, result, self.clock(), self.settings.retry, self.rand())
+        if outcome.fired_at is not None:  # record the instant the receiver was sent, not when it answered
+            outcome = replace(outcome, fired_at=fired_at)
         lateness = (fired_at - timer.due_at).total_seconds()
         log.info(
             "timer %s attempt %d to %s: %s",

@@ -13,6 +13,7 @@ reason (``encode_dead_letter``), so one bad record never blocks the partition be
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import re
 import threading
@@ -27,6 +28,8 @@ from timerctl.model import BackendUnavailable, InvalidInput, Timer, validate_tim
 
 WIRE_VERSION = 1
 DLQ_SUFFIX = ".dlq"
+#: How much of an undecodable value its dead letter keeps (base64 makes it up to 4/3 larger).
+MAX_DEAD_LETTER_VALUE = 256 * 1024
 #: Header carrying why a record was dead-lettered (the same text as the value's ``reason``).
 DLQ_REASON_HEADER = "timerctl-reason"
 
@@ -142,16 +145,21 @@ def decode(value: bytes | None) -> Message:
 def encode_dead_letter(reason: str, topic: str, partition: int, offset: int, value: bytes | None) -> bytes:
     """The dead-letter value for a record that could not be decoded: where it was, why, and its value.
 
-    The original value is kept as text when it is UTF-8 (``value``), else base64 (``valueBase64``).
+    The original value is kept as text when it is UTF-8 (``value``), else base64 (``valueBase64``). One
+    over ``MAX_DEAD_LETTER_VALUE`` bytes is cut there (``truncated``, ``size``), so that the letter itself
+    always fits in a record and a huge bad record cannot stall the consumer.
     """
     letter: dict[str, Any] = {"reason": reason, "topic": topic, "partition": partition, "offset": offset}
     if value is None:
         letter["value"] = None
-    else:
-        try:
-            letter["value"] = value.decode("utf-8")
-        except UnicodeDecodeError:
-            letter["valueBase64"] = base64.b64encode(value).decode("ascii")
+        return _dumps(letter)
+    kept = value[:MAX_DEAD_LETTER_VALUE]
+    if len(kept) < len(value):
+        letter.update(truncated=True, size=len(value))
+    try:
+        letter["value"] = kept.decode("utf-8")
+    except UnicodeDecodeError:
+        letter["valueBase64"] = base64.b64encode(kept).decode("ascii")
     return json.dumps(letter, separators=(",", ":"), ensure_ascii=True).encode()
 
 
@@ -224,7 +232,6 @@ class KafkaQueue:
         with self._lock:
             producer, self._producer = self._producer, None
         if producer is not None:
-            try:
+            # Unacknowledged records were already reported by submit.
+            with contextlib.suppress(KafkaError):
                 producer.close(timeout=CLOSE_TIMEOUT)
-            except KafkaError:
-                pass  # unacknowledged records were already reported by submit

@@ -18,7 +18,13 @@ from typing import Any, cast
 from pymongo import ASCENDING, MongoClient, ReturnDocument
 from pymongo.collection import Collection
 from pymongo.database import Database
-from pymongo.errors import BulkWriteError, ConfigurationError, ConnectionFailure, DuplicateKeyError
+from pymongo.errors import (
+    BulkWriteError,
+    ConfigurationError,
+    ConnectionFailure,
+    DuplicateKeyError,
+    OperationFailure,
+)
 
 from timerctl.model import (
     BackendUnavailable,
@@ -35,6 +41,7 @@ from timerctl.stores.base import Outcome
 DEFAULT_DATABASE = "timerctl"
 COLLECTION = "timers"
 _DUPLICATE_KEY = 11000
+_ACCESS_DENIED = frozenset({13, 18})  # Unauthorized, AuthenticationFailed: wrong or missing credentials
 _SCHEDULED = Status.SCHEDULED.value
 _RUNNING = Status.RUNNING.value
 
@@ -138,7 +145,7 @@ class MongoStore:
             raise InvalidInput(f"invalid MongoDB URI: {_one_line(exc)}; {expected}") from exc
         try:
             store = cls(db)
-        except BackendUnavailable:
+        except BaseException:
             client.close()
             raise
         store._client = client
@@ -149,23 +156,21 @@ class MongoStore:
         """Turn the driver's connection failures (timeouts, refused, lost primary) into BackendUnavailable."""
         try:
             yield
+        except OperationFailure as exc:
+            if exc.code not in _ACCESS_DENIED:
+                raise
+            raise BackendUnavailable(f"MongoDB store {self.database} refused access: {_one_line(exc)}") from exc
         except ConnectionFailure as exc:
-            raise BackendUnavailable(
-                f"MongoDB store {self.database} is unavailable: {_one_line(exc)}"
-            ) from exc
+            raise BackendUnavailable(f"MongoDB store {self.database} is unavailable: {_one_line(exc)}") from exc
 
     def insert(self, timer: Timer) -> Timer:
         with self._guard():
             # DuplicateKeyError: a concurrent insert of the same id won the race; return that one.
             with suppress(DuplicateKeyError):
-                self._timers.update_one(
-                    {"timerId": timer.timer_id}, {"$setOnInsert": _doc(timer)}, upsert=True
-                )
+                self._timers.update_one({"timerId": timer.timer_id}, {"$setOnInsert": _doc(timer)}, upsert=True)
             doc = self._timers.find_one({"timerId": timer.timer_id})
         if doc is None:
-            raise BackendUnavailable(
-                f"MongoDB store {self.database} lost timer {timer.timer_id} just inserted"
-            )
+            raise BackendUnavailable(f"MongoDB store {self.database} lost timer {timer.timer_id} just inserted")
         return _timer(doc)
 
     def insert_many(self, timers: Sequence[Timer]) -> int:
@@ -196,9 +201,7 @@ class MongoStore:
             doc = self._timers.find_one({"timerId": timer_id})
         return _timer(doc) if doc is not None else None
 
-    def list(
-        self, status: Status | None = None, limit: int = 100, due_before: datetime | None = None
-    ) -> list[Timer]:
+    def list(self, status: Status | None = None, limit: int = 100, due_before: datetime | None = None) -> list[Timer]:
         if limit <= 0:
             return []  # pymongo reads limit 0 as "no limit"
         query: Document = {}
@@ -207,9 +210,7 @@ class MongoStore:
         if due_before is not None:
             query["expiryTime"] = {"$lte": utc(due_before)}
         with self._guard():
-            cursor = self._timers.find(
-                query, sort=[("expiryTime", ASCENDING), ("timerId", ASCENDING)], limit=limit
-            )
+            cursor = self._timers.find(query, sort=[("expiryTime", ASCENDING), ("timerId", ASCENDING)], limit=limit)
             return [_timer(d) for d in cursor]
 
     def cancel(self, timer_id: str, fallback: Timer | None = None) -> Timer:
@@ -281,9 +282,9 @@ class MongoStore:
         held = {"status": _RUNNING, "leaseOwner": owner, "timerId": {"$in": list(timer_ids)}}
         with self._guard():
             self._timers.update_many(held, {"$set": {"leaseUntil": until}})
-            # A lease taken over after the update changes leaseOwner, so the read-back misses it: the
-            # ids returned are exactly those this owner still holds until ``lease_until``.
-            docs = self._timers.find({**held, "leaseUntil": until}, projection={"timerId": True})
+            # A takeover, before the update or after it, changes leaseOwner, so the read-back leaves
+            # that timer out: what it finds is exactly what this owner still holds.
+            docs = self._timers.find(held, projection={"timerId": True})
             return {d["timerId"] for d in docs}
 
     def release(self, owner: str, timer_ids: Sequence[str]) -> int:

@@ -12,12 +12,12 @@ import json
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from datetime import UTC, datetime
+from contextlib import contextmanager, suppress
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from timerctl.model import BackendUnavailable, NotFound, Status, Timer, cancel, encode_payload
+from timerctl.model import BackendUnavailable, NotFound, Status, Timer, cancel, encode_payload, utc
 from timerctl.stores.base import Outcome
 
 _SCHEMA = """
@@ -46,8 +46,12 @@ _COLUMNS = (
 )
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 def to_ms(dt: datetime) -> int:
-    return int(dt.timestamp() * 1000 + (0.5 if dt.timestamp() >= 0 else -0.5))
+    """Milliseconds since the epoch, truncated like ``model.utc`` so every store keeps the same instant."""
+    return (utc(dt) - _EPOCH) // timedelta(milliseconds=1)
 
 
 def from_ms(ms: int) -> datetime:
@@ -115,11 +119,15 @@ class SqliteStore:
                 raise BackendUnavailable(f"timer store {self.path} is unavailable: {exc}") from exc
             try:
                 yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            else:
                 self._db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                with suppress(sqlite3.Error):
+                    self._db.execute("ROLLBACK")
+                raise BackendUnavailable(f"timer store {self.path} is unavailable: {exc}") from exc
+            except BaseException:
+                with suppress(sqlite3.Error):
+                    self._db.execute("ROLLBACK")
+                raise
 
     def _read(self, sql: str, args: Sequence[Any] = ()) -> builtins.list[tuple[Any, ...]]:
         with self._lock:
@@ -169,7 +177,7 @@ class SqliteStore:
         with self._tx() as db:
             row = db.execute(f"SELECT {_COLUMNS} FROM timers WHERE timer_id = ?", (timer_id,)).fetchone()
             if row is None:
-                if fallback is None:
+                if fallback is None or fallback.timer_id != timer_id:
                     raise NotFound(timer_id)
                 done = cancel(fallback)
                 db.execute(f"INSERT INTO timers ({_COLUMNS}) VALUES ({','.join('?' * 12)})", _row(done))
@@ -184,6 +192,8 @@ class SqliteStore:
     def claim_due(
         self, owner: str, now: datetime, until: datetime, lease_until: datetime, limit: int
     ) -> builtins.list[Timer]:
+        if limit <= 0:
+            return []
         # Two index-served halves instead of one OR, which SQLite would answer with a full scan.
         sql = f"""
             UPDATE timers SET status = 'Running', lease_owner = ?, lease_until_ms = ?

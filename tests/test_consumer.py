@@ -1,0 +1,365 @@
+"""The consumer daemon against a real broker and the SQLite store: in a thread, then as a process."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+
+from tests.fixtures_kafka import TOPIC_PARTITIONS, wait_for
+from timerctl.config import Settings
+from timerctl.daemons.consumer import Consumer, serve
+from timerctl.daemons.lifecycle import StopFlag
+from timerctl.model import BackendUnavailable, Status, Timer
+from timerctl.queue.kafka import DLQ_REASON_HEADER, KafkaQueue, dlq_topic, encode_create
+from timerctl.stores.sqlite import SqliteStore
+
+NOW = datetime.now(UTC)
+
+
+def make_timers(count: int, prefix: str = "c") -> list[Timer]:
+    return [
+        Timer(
+            timer_id=f"{prefix}-{i}",
+            webhook_url="http://127.0.0.1:9/hook",
+            expiry_time=NOW + timedelta(hours=1, seconds=i),
+            created_at=NOW,
+            payload={"i": i},
+        )
+        for i in range(count)
+    ]
+
+
+def submit(bootstrap: str, topic: str, timers: Sequence[Timer]) -> None:
+    queue = KafkaQueue(bootstrap, topic)
+    try:
+        queue.submit(timers)
+    finally:
+        queue.close()
+
+
+def produce_raw(bootstrap: str, topic: str, records: Sequence[tuple[bytes, bytes]], partition: int = 0) -> None:
+    """Publish (key, value) pairs in order to one partition, acknowledged."""
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    try:
+        for key, value in records:
+            producer.send(topic, key=key, value=value, partition=partition)
+        producer.flush(timeout=10)
+    finally:
+        producer.close(timeout=5)
+
+
+def offsets(bootstrap: str, topic: str, group: str) -> tuple[dict[int, int | None], dict[int, int]]:
+    """(committed offset per partition for ``group``, end offset per partition)."""
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    try:
+        parts = [TopicPartition(topic, p) for p in range(TOPIC_PARTITIONS)]
+        committed = {tp.partition: consumer.committed(tp) for tp in parts}
+        ends = {tp.partition: offset for tp, offset in consumer.end_offsets(parts).items()}
+        return committed, ends
+    finally:
+        consumer.close(autocommit=False)
+
+
+def fully_committed(bootstrap: str, topic: str, group: str) -> bool:
+    committed, ends = offsets(bootstrap, topic, group)
+    return all((committed[p] or 0) == end for p, end in ends.items())
+
+
+def count_rows(db: Path) -> int:
+    store = SqliteStore(str(db))
+    try:
+        return sum(store.counts().values())
+    finally:
+        store.close()
+
+
+@pytest.fixture
+def group() -> str:
+    return f"g-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def settings(kafka_bootstrap: str, kafka_topic: str, tmp_path: Path) -> Settings:
+    return Settings(db=str(tmp_path / "timers.db"), kafka_bootstrap=kafka_bootstrap, topic=kafka_topic)
+
+
+@pytest.fixture
+def store(settings: Settings) -> Iterator[SqliteStore]:
+    store = SqliteStore(settings.db_path)
+    yield store
+    store.close()
+
+
+@contextmanager
+def consumer_thread(settings: Settings, store: Any, group: str) -> Iterator[StopFlag]:
+    """``serve`` running in a thread until the block ends; asserts it stopped with exit code 0."""
+    flag = StopFlag()
+    result: list[int] = []
+    thread = threading.Thread(target=lambda: result.append(serve(settings, flag, store, group_id=group)))
+    thread.start()
+    try:
+        yield flag
+    finally:
+        flag.request()
+        thread.join(30)
+    assert not thread.is_alive(), "consumer did not stop within 30s"
+    assert result == [0]
+
+
+def test_consumes_2000_timers_into_the_store_once(settings: Settings, store: SqliteStore, group: str) -> None:
+    timers = make_timers(2000)
+    submit(settings.kafka_bootstrap, settings.topic, timers)
+    submit(settings.kafka_bootstrap, settings.topic, timers[:100])  # a retried submit: duplicates
+    with consumer_thread(settings, store, group):
+        wait_for(lambda: store.counts()[Status.SCHEDULED] == 2000, 30, "2000 timers in the store")
+        wait_for(lambda: fully_committed(settings.kafka_bootstrap, settings.topic, group), 15, "commits")
+    assert sum(store.counts().values()) == 2000
+    assert store.get("c-1999") == timers[1999]
+
+
+def test_malformed_records_go_to_the_dlq_and_the_partition_moves_on(
+    settings: Settings, store: SqliteStore, group: str
+) -> None:
+    good = make_timers(2, prefix="good")
+    produce_raw(
+        settings.kafka_bootstrap,
+        settings.topic,
+        [
+            (b"good-0", encode_create(good[0])),
+            (b"bad-utf8", b"\xff\xfe"),
+            (b"bad-version", b'{"v": 2, "op": "cancel", "timerId": "x"}'),
+            (b"good-1", encode_create(good[1])),
+        ],
+    )
+    with consumer_thread(settings, store, group):
+        wait_for(lambda: store.get("good-1") is not None, 20, "the record after the bad ones to be stored")
+        wait_for(lambda: fully_committed(settings.kafka_bootstrap, settings.topic, group), 15, "commits")
+    assert store.get("good-0") == good[0]
+
+    dlq = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, auto_offset_reset="earliest")
+    dlq.assign([TopicPartition(dlq_topic(settings.topic), 0)])
+    letters: list[Any] = []
+    wait_for(lambda: letters.extend(sum(dlq.poll(timeout_ms=200).values(), [])) or len(letters) >= 2, 15, "letters")
+    dlq.close(autocommit=False)
+
+    by_key = {r.key: r for r in letters}
+    assert set(by_key) == {b"bad-utf8", b"bad-version"}
+    utf8 = json.loads(by_key[b"bad-utf8"].value)
+    assert "not UTF-8" in utf8["reason"]
+    assert (utf8["topic"], utf8["partition"], utf8["offset"]) == (settings.topic, 0, 1)
+    assert utf8["valueBase64"] == "//4="
+    version = json.loads(by_key[b"bad-version"].value)
+    assert "unsupported record version 2" in version["reason"] and version["offset"] == 2
+    assert version["value"] == '{"v": 2, "op": "cancel", "timerId": "x"}'
+    assert dict(by_key[b"bad-version"].headers)[DLQ_REASON_HEADER].decode() == version["reason"]
+
+
+def test_create_then_cancel_is_stored_cancelled(settings: Settings, store: SqliteStore, group: str) -> None:
+    [timer] = make_timers(1, prefix="cc")
+    queue = KafkaQueue(settings.kafka_bootstrap, settings.topic)
+    try:
+        queue.submit([timer])
+        queue.submit_cancel(timer.timer_id)
+        queue.submit_cancel("never-created")  # NotFound: logged and skipped
+    finally:
+        queue.close()
+    with consumer_thread(settings, store, group):
+        wait_for(lambda: fully_committed(settings.kafka_bootstrap, settings.topic, group), 20, "commits")
+    stored = store.get(timer.timer_id)
+    assert stored is not None and stored.status is Status.CANCELLED
+    assert store.get("never-created") is None
+
+
+def test_tombstone_first_then_create_stays_cancelled(settings: Settings, store: SqliteStore, group: str) -> None:
+    [timer] = make_timers(1, prefix="tomb")
+    store.cancel(timer.timer_id, fallback=timer)  # cancelled while its create was still in the queue
+    submit(settings.kafka_bootstrap, settings.topic, [timer])
+    with consumer_thread(settings, store, group):
+        wait_for(lambda: fully_committed(settings.kafka_bootstrap, settings.topic, group), 20, "commits")
+    stored = store.get(timer.timer_id)
+    assert stored is not None and stored.status is Status.CANCELLED
+
+
+class FlakyStore:
+    """The SQLite store with ``insert_many`` down for its first ``failures`` calls."""
+
+    def __init__(self, inner: SqliteStore, failures: int) -> None:
+        self.inner = inner
+        self.failures = failures
+        self.calls = 0
+
+    def insert_many(self, timers: Sequence[Timer]) -> int:
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise BackendUnavailable(f"store down (call {self.calls})")
+        return self.inner.insert_many(timers)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+def test_store_down_commits_nothing_then_stores_everything_once(
+    settings: Settings, store: SqliteStore, group: str
+) -> None:
+    submit(settings.kafka_bootstrap, settings.topic, make_timers(300))
+    flaky = FlakyStore(store, failures=2)
+    consumer = Consumer(settings, flaky, group_id=group)  # type: ignore[arg-type]
+    try:
+
+        def attempt() -> bool:
+            try:
+                consumer.run_once()
+            except BackendUnavailable:
+                return True
+            return False
+
+        wait_for(attempt, 20, "a batch to reach the failing store")
+        with pytest.raises(BackendUnavailable):
+            consumer.run_once()  # the same batch again, still down
+        assert consumer.pending is not None
+        committed, _ = offsets(settings.kafka_bootstrap, settings.topic, group)
+        assert set(committed.values()) == {None}, "committed while the store was down"
+        assert count_rows(Path(settings.db_path)) == 0
+
+        applied = 0
+
+        def drain() -> bool:
+            nonlocal applied
+            applied += consumer.run_once()
+            return store.counts()[Status.SCHEDULED] == 300
+
+        wait_for(drain, 20, "all 300 timers stored after the store came back")
+        assert fully_committed(settings.kafka_bootstrap, settings.topic, group)
+        assert applied == 300 and flaky.calls >= 3
+    finally:
+        consumer.close()
+
+
+def test_store_down_in_the_loop_backs_off_and_recovers(settings: Settings, store: SqliteStore, group: str) -> None:
+    submit(settings.kafka_bootstrap, settings.topic, make_timers(500))
+    flaky = FlakyStore(store, failures=3)
+    with consumer_thread(settings, flaky, group):
+        wait_for(lambda: store.counts()[Status.SCHEDULED] == 500, 30, "500 timers after the outage")
+        wait_for(lambda: fully_committed(settings.kafka_bootstrap, settings.topic, group), 15, "commits")
+    assert flaky.calls >= 4
+
+
+# --- as a process ---------------------------------------------------------------------------------------
+
+ENTRY = """
+import logging, os, sys
+from timerctl.config import load_settings
+from timerctl.daemons.consumer import serve
+from timerctl.daemons.lifecycle import StopFlag
+logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+flag = StopFlag()
+flag.install()
+sys.exit(serve(load_settings(), flag, group_id=os.environ["TEST_GROUP"], max_records=500, max_poll_interval_ms=6000))
+"""
+
+
+def start_consumer_process(settings: Settings, group: str, log: Path) -> subprocess.Popen[bytes]:
+    env = {
+        **os.environ,
+        "TIMERCTL_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+        "TIMERCTL_TOPIC": settings.topic,
+        "TIMERCTL_DB": settings.db_path,
+        "TIMERCTL_CONFIG": os.devnull,
+        "TEST_GROUP": group,
+    }
+    with open(log, "ab") as out:
+        return subprocess.Popen([sys.executable, "-c", ENTRY], env=env, stdout=out, stderr=subprocess.STDOUT)
+
+
+def test_process_killed_mid_ingest_restarts_without_loss_and_stops_on_sigterm(
+    settings: Settings, group: str, tmp_path: Path
+) -> None:
+    db, log = Path(settings.db_path), tmp_path / "consumer.log"
+    chunks = [make_timers(5000, prefix="k")[i : i + 500] for i in range(0, 5000, 500)]
+    submit(settings.kafka_bootstrap, settings.topic, chunks[0])
+    process = start_consumer_process(settings, group, log)
+    try:
+        wait_for(lambda: db.exists() and count_rows(db) >= 500, 30, "the first chunk stored")
+        for chunk in chunks[1:5]:
+            submit(settings.kafka_bootstrap, settings.topic, chunk)
+        process.kill()  # mid-ingest: batches polled but not yet stored or committed
+        assert process.wait(10) == -signal.SIGKILL
+        killed_at = count_rows(db)
+        for chunk in chunks[5:]:
+            submit(settings.kafka_bootstrap, settings.topic, chunk)
+        assert killed_at < 5000
+
+        process = start_consumer_process(settings, group, log)
+        wait_for(lambda: count_rows(db) == 5000, 45, "all 5000 timers after the restart")
+        wait_for(lambda: fully_committed(settings.kafka_bootstrap, settings.topic, group), 15, "commits")
+
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(15) == 0, log.read_text()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
+    store = SqliteStore(str(db))
+    try:
+        assert store.counts()[Status.SCHEDULED] == 5000
+        assert {t.timer_id for t in store.list(limit=10_000)} == {f"k-{i}" for i in range(5000)}
+    finally:
+        store.close()
+    assert fully_committed(settings.kafka_bootstrap, settings.topic, group)
+    assert "consumer stopped" in log.read_text()
+
+
+def ids_below_committed(bootstrap: str, topic: str, group: str) -> set[str]:
+    """The keys of every record before ``group``'s committed offset, over all partitions."""
+    committed, ends = offsets(bootstrap, topic, group)
+    reader = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest")
+    try:
+        reader.assign([TopicPartition(topic, p) for p in range(TOPIC_PARTITIONS)])
+        seen: dict[int, list[Any]] = {p: [] for p in ends}
+
+        def read() -> bool:
+            for tp, records in reader.poll(timeout_ms=200).items():
+                seen[tp.partition].extend(records)
+            return all(len(seen[p]) >= end for p, end in ends.items())
+
+        wait_for(read, 20, f"every record of {topic}")
+    finally:
+        reader.close(autocommit=False)
+    return {r.key.decode() for p, records in seen.items() for r in records if r.offset < (committed[p] or 0)}
+
+
+def test_sigterm_mid_ingest_finishes_the_batch_commits_and_exits_0(
+    settings: Settings, group: str, tmp_path: Path
+) -> None:
+    db, log = Path(settings.db_path), tmp_path / "consumer.log"
+    submit(settings.kafka_bootstrap, settings.topic, make_timers(5000, prefix="s"))
+    process = start_consumer_process(settings, group, log)
+    try:
+        wait_for(lambda: db.exists() and count_rows(db) >= 500, 30, "ingest to start")
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(15) == 0, log.read_text()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
+    store = SqliteStore(str(db))
+    try:
+        stored = {t.timer_id for t in store.list(limit=10_000)}
+    finally:
+        store.close()
+    # Exactly what was stored was committed: nothing stored is left to replay, nothing committed is missing.
+    assert stored == ids_below_committed(settings.kafka_bootstrap, settings.topic, group)
+    assert "consumer stopped" in log.read_text()

@@ -1,0 +1,215 @@
+"""KafkaQueue and the wire format: pure encode/decode cases, then submits against a real broker."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from kafka import KafkaConsumer, TopicPartition
+
+from tests.fixtures_kafka import TOPIC_PARTITIONS, TansuBroker, free_port, wait_for
+from timerctl.model import BackendUnavailable, InvalidInput, Status, Timer
+from timerctl.queue.kafka import (
+    MAX_DEAD_LETTER_VALUE,
+    KafkaQueue,
+    Message,
+    decode,
+    dlq_topic,
+    encode_cancel,
+    encode_create,
+    encode_dead_letter,
+)
+
+NOW = datetime(2026, 11, 25, 17, 0, tzinfo=UTC)
+
+
+def make_timer(timer_id: str = "t-1", **changes: Any) -> Timer:
+    fields: dict[str, Any] = {
+        "timer_id": timer_id,
+        "webhook_url": "https://hooks.example.com/fire?x=1",
+        "expiry_time": NOW + timedelta(hours=1),
+        "created_at": NOW,
+        "payload": {"order": 42, "note": "grüße"},
+    }
+    return Timer(**{**fields, **changes})
+
+
+def create_value(**timer_changes: Any) -> bytes:
+    record = make_timer().to_record()
+    record.update(timer_changes)
+    return json.dumps({"v": 1, "op": "create", "timer": record}).encode()
+
+
+# --- wire format -------------------------------------------------------------------------------------
+
+
+def test_create_round_trips() -> None:
+    timer = make_timer()
+    value = encode_create(timer)
+    assert json.loads(value)["v"] == 1 and json.loads(value)["op"] == "create"
+    assert decode(value) == Message("create", "t-1", timer)
+
+
+def test_cancel_round_trips() -> None:
+    value = encode_cancel("t-9")
+    assert json.loads(value) == {"v": 1, "op": "cancel", "timerId": "t-9"}
+    assert decode(value) == Message("cancel", "t-9")
+
+
+def test_encode_cancel_rejects_a_bad_id() -> None:
+    with pytest.raises(InvalidInput, match="invalid timer id"):
+        encode_cancel("no spaces allowed")
+
+
+def test_decode_ignores_unknown_envelope_fields() -> None:
+    value = json.dumps({"v": 1, "op": "cancel", "timerId": "a", "traceId": "x"}).encode()
+    assert decode(value) == Message("cancel", "a")
+
+
+MALFORMED: list[tuple[str, bytes | None, str]] = [
+    ("null value", None, "no value"),
+    ("not UTF-8", b'{"v": 1, "op": "cancel", "timerId": "\xff"}', "not UTF-8"),
+    ("not JSON", b"{v: 1", "not JSON"),
+    ("empty", b"", "not JSON"),
+    ("array", b"[1, 2]", "must be a JSON object, got a JSON array"),
+    ("string", b'"create"', "got a JSON string"),
+    ("number", b"1", "got a JSON number"),
+    ("nested too deeply", b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
+    ("lone surrogate", create_value(webhookUrl="https://a.example/\ud800"), "surrogate"),
+    ("no version", b'{"op": "cancel", "timerId": "a"}', 'no version field "v"'),
+    ("version 2", b'{"v": 2, "op": "cancel", "timerId": "a"}', "unsupported record version 2"),
+    ("version as text", b'{"v": "1", "op": "cancel", "timerId": "a"}', "unsupported record version '1'"),
+    ("version true", b'{"v": true, "op": "cancel", "timerId": "a"}', "unsupported record version True"),
+    ("version 1.0", b'{"v": 1.0, "op": "cancel", "timerId": "a"}', "unsupported record version 1.0"),
+    ("no op", b'{"v": 1, "timerId": "a"}', "unknown op None"),
+    ("unknown op", b'{"v": 1, "op": "delete", "timerId": "a"}', "unknown op 'delete'"),
+    ("create without timer", b'{"v": 1, "op": "create"}', 'no "timer"'),
+    ("timer not an object", b'{"v": 1, "op": "create", "timer": [1]}', "must be a JSON object, got list"),
+    ("timer without url", create_value(webhookUrl=None), "invalid timer: webhook URL is empty"),
+    ("timer missing a field", json.dumps({"v": 1, "op": "create", "timer": {"timerId": "a"}}).encode(), "missing"),
+    ("timer with ftp url", create_value(webhookUrl="ftp://x.example/"), "must start with http"),
+    ("timer with bad id", create_value(timerId="a b"), "invalid timer id"),
+    ("timer with bad expiry", create_value(expiryTime="tomorrow"), "invalid instant 'tomorrow'"),
+    ("timer with naive expiry", create_value(expiryTime="2026-11-25T18:00:00"), "has no offset"),
+    ("timer with bad status", create_value(timerStatus="Sleeping"), "bad value"),
+    ("timer with negative attempts", create_value(attempts=-1), "attempts must be a non-negative integer"),
+    ("timer with NaN payload", create_value(payload=float("nan")), "payload is not JSON-serialisable"),
+    ("timer with huge payload", create_value(payload="x" * 70_000), "64 KiB"),
+    ("cancel without id", b'{"v": 1, "op": "cancel"}', 'no "timerId"'),
+    ("cancel with bad id", b'{"v": 1, "op": "cancel", "timerId": 7}', "invalid timerId"),
+]
+
+
+@pytest.mark.parametrize(("value", "reason"), [case[1:] for case in MALFORMED], ids=[case[0] for case in MALFORMED])
+def test_decode_names_what_is_malformed(value: bytes | None, reason: str) -> None:
+    with pytest.raises(InvalidInput) as caught:
+        decode(value)
+    assert reason in str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
+def test_dead_letter_keeps_text_or_base64_and_cuts_huge_values() -> None:
+    letter = json.loads(encode_dead_letter("bad", "t", 2, 17, b"not json"))
+    assert letter == {"reason": "bad", "topic": "t", "partition": 2, "offset": 17, "value": "not json"}
+    binary = json.loads(encode_dead_letter("bad", "t", 0, 0, b"\xff\x00"))
+    assert base64.b64decode(binary["valueBase64"]) == b"\xff\x00" and "value" not in binary
+    huge = json.loads(encode_dead_letter("bad", "t", 0, 0, b"x" * (MAX_DEAD_LETTER_VALUE + 10)))
+    assert huge["truncated"] is True and huge["size"] == MAX_DEAD_LETTER_VALUE + 10
+    assert len(huge["value"]) == MAX_DEAD_LETTER_VALUE
+    assert dlq_topic("timers") == "timers.dlq"
+
+
+# --- against the broker -------------------------------------------------------------------------------
+
+
+def read_all(bootstrap: str, topic: str, expected: int, partitions: int = TOPIC_PARTITIONS) -> list[Any]:
+    """Every record of ``topic`` (manual assignment, no group), waiting until ``expected`` arrived."""
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest")
+    try:
+        consumer.assign([TopicPartition(topic, p) for p in range(partitions)])
+        records: list[Any] = []
+
+        def more() -> bool:
+            for batch in consumer.poll(timeout_ms=200).values():
+                records.extend(batch)
+            return len(records) >= expected
+
+        wait_for(more, 20, f"{expected} records on {topic}")
+        return records
+    finally:
+        consumer.close(autocommit=False)
+
+
+def test_submit_publishes_keyed_records_acknowledged_by_all(kafka_bootstrap: str, kafka_topic: str) -> None:
+    queue = KafkaQueue(kafka_bootstrap, kafka_topic)
+    timers = [make_timer(f"sub-{i}", payload={"i": i}) for i in range(50)]
+    try:
+        assert queue.submit(timers) == timers
+        queue.submit_cancel("sub-7")
+        assert queue._producer.config["acks"] == -1  # "all": every in-sync replica
+    finally:
+        queue.close()
+    records = read_all(kafka_bootstrap, kafka_topic, 51)
+    assert len(records) == 51
+    by_id = {r.key.decode(): r for r in records if decode(r.value).op == "create"}
+    assert set(by_id) == {t.timer_id for t in timers}
+    for timer in timers:
+        record = by_id[timer.timer_id]
+        assert record.key == timer.timer_id.encode()
+        assert record.value == encode_create(timer)
+    [cancel] = [r for r in records if decode(r.value).op == "cancel"]
+    assert cancel.key == b"sub-7" and decode(cancel.value) == Message("cancel", "sub-7")
+    # Same key, same partition, create first: the consumer sees them in order.
+    assert cancel.partition == by_id["sub-7"].partition and cancel.offset > by_id["sub-7"].offset
+
+
+def test_submit_of_nothing_does_not_connect() -> None:
+    queue = KafkaQueue(f"127.0.0.1:{free_port()}", "timers")
+    assert queue.submit([]) == []
+    assert queue._producer is None
+
+
+def test_ping_answers_when_the_broker_is_up(kafka_bootstrap: str, kafka_topic: str) -> None:
+    queue = KafkaQueue(kafka_bootstrap, kafka_topic)
+    try:
+        queue.ping()
+    finally:
+        queue.close()
+
+
+def test_unreachable_broker_is_backend_unavailable_within_10s() -> None:
+    bootstrap = f"127.0.0.1:{free_port()}"
+    for call in (lambda q: q.submit([make_timer()]), lambda q: q.ping()):
+        queue = KafkaQueue(bootstrap, "timers")
+        started = time.monotonic()
+        with pytest.raises(BackendUnavailable) as caught:
+            call(queue)
+        assert time.monotonic() - started < 10
+        message = str(caught.value)
+        assert bootstrap in message and "\n" not in message
+        assert caught.value.exit_code == 3
+        queue.close()
+
+
+def test_broker_lost_after_connecting_is_backend_unavailable_within_10s(private_kafka_broker: TansuBroker) -> None:
+    queue = KafkaQueue(private_kafka_broker.bootstrap, "lost")
+    try:
+        queue.submit([make_timer("before")])
+        private_kafka_broker.stop()
+        started = time.monotonic()
+        with pytest.raises(BackendUnavailable, match=private_kafka_broker.bootstrap):
+            queue.submit([make_timer("after")])
+        assert time.monotonic() - started < 10
+    finally:
+        queue.close()
+
+
+def test_stored_status_survives_the_wire() -> None:
+    timer = make_timer(status=Status.RUNNING, attempts=2, last_error="HTTP 503")
+    decoded = decode(encode_create(timer)).timer
+    assert decoded is not None
+    assert (decoded.status, decoded.attempts, decoded.last_error) == (Status.RUNNING, 2, "HTTP 503")

@@ -1,0 +1,700 @@
+"""The pure core: validation, the status state machine, the JSON forms, specs and retries.
+
+Every instant is fixed (``NOW``); nothing here reads the clock, the machine's zone or randomness.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from timerctl.model import (
+    DEFAULT_HORIZON,
+    MAX_PAYLOAD_BYTES,
+    MAX_URL_LENGTH,
+    Conflict,
+    InvalidInput,
+    NotFound,
+    RetryPolicy,
+    Status,
+    Timer,
+    TimerSpec,
+    can_transition,
+    cancel,
+    encode_payload,
+    format_instant,
+    parse_instant,
+    parse_payload,
+    parse_status,
+    utc,
+    validate_timer_id,
+    validate_url,
+)
+from timerctl.spec import build_spec, spec_from_mapping
+
+NOW = datetime(2030, 1, 1, 12, 0, 0, tzinfo=UTC)
+MS = timedelta(milliseconds=1)
+URL = "https://hooks.example.com/fire"
+PARIS = ZoneInfo("Europe/Paris")
+INSTANT_RE = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
+PUBLIC_KEYS = {
+    "timerId",
+    "webhookUrl",
+    "expiryTime",
+    "createdAt",
+    "timerStatus",
+    "timeLeft",
+    "payload",
+    "attempts",
+    "firedAt",
+    "lastError",
+}
+
+
+def make(status: Status = Status.SCHEDULED, **changes: Any) -> Timer:
+    """A timer expiring a minute after NOW, created an hour before it."""
+    fields: dict[str, Any] = {
+        "timer_id": "t-1",
+        "webhook_url": URL,
+        "expiry_time": NOW + timedelta(minutes=1),
+        "created_at": NOW - timedelta(hours=1),
+        "status": status,
+    }
+    fields.update(changes)
+    return Timer(**fields)
+
+
+def url_of_length(n: int) -> str:
+    base = "https://example.com/"
+    return base + "a" * (n - len(base))
+
+
+def json_string_of_bytes(n: int) -> str:
+    """A JSON string literal whose encoded text is exactly ``n`` bytes."""
+    return '"' + "a" * (n - 2) + '"'
+
+
+# --- the state machine ---------------------------------------------------------------------------------
+
+S, R, F, X, C = Status.SCHEDULED, Status.RUNNING, Status.FINISHED, Status.FAILED, Status.CANCELLED
+# Written out independently of model.TRANSITIONS, so a change there must be a deliberate change here.
+ALLOWED = {(S, R), (S, C), (R, R), (R, S), (R, F), (R, X)}
+ALL_PAIRS = [(src, dst) for src in Status for dst in Status]
+
+
+@pytest.mark.parametrize(
+    ("src", "dst", "allowed"),
+    [pytest.param(src, dst, (src, dst) in ALLOWED, id=f"{src.value}->{dst.value}") for src, dst in ALL_PAIRS],
+)
+def test_transition_table(src: Status, dst: Status, allowed: bool) -> None:
+    assert can_transition(src, dst) is allowed
+    timer = make(src)
+    if allowed:
+        moved = timer.move(dst, attempts=3)
+        assert (moved.status, moved.attempts, timer.status) == (dst, 3, src)
+    else:
+        with pytest.raises(ValueError, match=f"{src.value} -> {dst.value} is not allowed"):
+            timer.move(dst)
+
+
+@pytest.mark.parametrize(
+    ("status", "final"),
+    [pytest.param(s, s in {F, X, C}, id=s.value) for s in Status],
+)
+def test_final_statuses_have_no_way_out(status: Status, final: bool) -> None:
+    assert status.is_final is final
+    assert any(can_transition(status, dst) for dst in Status) is not final
+
+
+@pytest.mark.parametrize(
+    ("text", "status"),
+    [
+        pytest.param("Scheduled", S, id="exact"),
+        pytest.param("running", R, id="lower"),
+        pytest.param("FINISHED", F, id="upper"),
+        pytest.param(" failed ", X, id="padded"),
+        pytest.param("cancelled", C, id="cancelled"),
+    ],
+)
+def test_parse_status_accepts(text: str, status: Status) -> None:
+    assert parse_status(text) is status
+
+
+@pytest.mark.parametrize("text", [pytest.param(t, id=t or "empty") for t in ["done", "", "Cancel", "Schedule d"]])
+def test_parse_status_rejects_naming_accepted_values(text: str) -> None:
+    with pytest.raises(InvalidInput, match="expected one of Scheduled, Running, Finished, Failed, Cancelled"):
+        parse_status(text)
+
+
+def test_cancel_scheduled_clears_the_lease() -> None:
+    timer = make(S, lease_owner="runner-a", lease_until=NOW)
+    done = cancel(timer)
+    assert (done.status, done.lease_owner, done.lease_until) == (C, None, None)
+    assert timer.status is S  # frozen: the original is untouched
+
+
+@pytest.mark.parametrize("status", [pytest.param(s, id=s.value) for s in Status if s is not S])
+def test_cancel_conflict_names_the_status(status: Status) -> None:
+    with pytest.raises(Conflict) as info:
+        cancel(make(status))
+    assert str(info.value) == f"timer t-1 is {status.value}; only a Scheduled timer can be cancelled"
+    assert info.value.exit_code == 4
+
+
+@pytest.mark.parametrize(
+    ("error", "code"),
+    [
+        pytest.param(InvalidInput("x"), 2, id="invalid"),
+        pytest.param(NotFound("x"), 1, id="not-found"),
+        pytest.param(Conflict("x"), 4, id="conflict"),
+    ],
+)
+def test_error_exit_codes(error: Exception, code: int) -> None:
+    assert getattr(error, "exit_code", None) == code
+
+
+def test_not_found_message() -> None:
+    assert str(NotFound("nope")) == "timer nope not found"
+
+
+# --- retries ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("attempts", "base"),
+    [
+        pytest.param(0, 2.0, id="before-first-attempt"),
+        pytest.param(1, 2.0, id="after-1"),
+        pytest.param(2, 4.0, id="after-2"),
+        pytest.param(3, 8.0, id="after-3"),
+        pytest.param(5, 32.0, id="after-5"),
+        pytest.param(6, 50.0, id="after-6-capped"),
+        pytest.param(9, 50.0, id="after-9-capped"),
+    ],
+)
+@pytest.mark.parametrize("rand", [0.0, 0.25, 0.5, 0.999999])
+def test_retry_delay_is_jittered_within_half_to_full_base(attempts: int, base: float, rand: float) -> None:
+    policy = RetryPolicy(max_attempts=10, first_delay=2.0, max_delay=50.0)
+    delay = policy.next_delay(attempts, rand)
+    assert delay is not None
+    assert base / 2 <= delay <= base
+    assert delay == pytest.approx(base / 2 + base / 2 * rand)
+
+
+@pytest.mark.parametrize(
+    ("attempts", "exhausted"),
+    [
+        pytest.param(2, False, id="below"),
+        pytest.param(3, True, id="at-max"),
+        pytest.param(4, True, id="above"),
+    ],
+)
+def test_retry_gives_up_after_max_attempts(attempts: int, exhausted: bool) -> None:
+    delay = RetryPolicy(max_attempts=3, first_delay=1.0, max_delay=10.0).next_delay(attempts, 0.5)
+    assert (delay is None) is exhausted
+
+
+# --- instants --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("dt", "text"),
+    [
+        pytest.param(datetime(2030, 1, 1, tzinfo=UTC), "2030-01-01T00:00:00.000Z", id="midnight"),
+        pytest.param(datetime(2030, 1, 1, 0, 0, 0, 123_999, tzinfo=UTC), "2030-01-01T00:00:00.123Z", id="truncated"),
+        pytest.param(
+            datetime(2030, 1, 1, 1, 0, tzinfo=timezone(timedelta(hours=1))), "2030-01-01T00:00:00.000Z", id="offset"
+        ),
+    ],
+)
+def test_format_instant(dt: datetime, text: str) -> None:
+    assert format_instant(dt) == text
+    assert parse_instant(text) == utc(dt)
+
+
+def test_utc_refuses_naive() -> None:
+    with pytest.raises(ValueError, match="naive"):
+        utc(datetime(2030, 1, 1))
+
+
+@pytest.mark.parametrize(
+    ("value", "fragment"),
+    [
+        pytest.param("soon", "invalid instant", id="garbage"),
+        pytest.param(123, "invalid instant", id="not-a-string"),
+        pytest.param("2030-01-01T00:00:00", "has no offset", id="naive"),
+        pytest.param("0001-01-01T00:00:00+01:00", "out of range", id="before-year-1"),
+    ],
+)
+def test_parse_instant_rejects(value: Any, fragment: str) -> None:
+    with pytest.raises(InvalidInput, match=fragment):
+        parse_instant(value)
+
+
+# --- URLs, ids and payloads ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        pytest.param("https://example.com", id="https"),
+        pytest.param("http://localhost:8080/hook?x=1#frag", id="http-port-query"),
+        pytest.param("HTTPS://EXAMPLE.COM/x", id="upper-case-scheme"),
+        pytest.param("http://[::1]:8080/x", id="ipv6"),
+        pytest.param("http://10.0.0.1/x", id="ipv4"),
+        pytest.param(url_of_length(MAX_URL_LENGTH), id="exactly-2048-chars"),
+    ],
+)
+def test_validate_url_accepts(url: str) -> None:
+    assert validate_url(url) == url
+
+
+@pytest.mark.parametrize(
+    ("url", "fragment"),
+    [
+        pytest.param("", "empty", id="empty"),
+        pytest.param(url_of_length(MAX_URL_LENGTH + 1), "2049 characters", id="2049-chars"),
+        pytest.param("ftp://example.com/x", "http:// or https://", id="ftp"),
+        pytest.param("file:///etc/passwd", "http:// or https://", id="file"),
+        pytest.param("javascript:alert(1)", "http:// or https://", id="javascript"),
+        pytest.param("example.com/x", "http:// or https://", id="no-scheme"),
+        pytest.param("//example.com/x", "http:// or https://", id="scheme-relative"),
+        pytest.param("http://user:pw@example.com/", "credentials", id="user-password"),
+        pytest.param("http://user@example.com/", "credentials", id="user-only"),
+        pytest.param("http:///path", "no host", id="no-host"),
+        pytest.param("https://", "no host", id="nothing-after-scheme"),
+        pytest.param("http://example.com:99999/", "invalid webhook URL", id="port-out-of-range"),
+        pytest.param("http://example.com:port/", "invalid webhook URL", id="port-not-a-number"),
+        pytest.param("http://[::1/", "invalid webhook URL", id="broken-ipv6"),
+        pytest.param("http://example.com/a\r\nX-Injected: 1", "control characters", id="crlf"),
+        pytest.param("http://example.com/a\nb", "control characters", id="lf"),
+        pytest.param("http://example.com/a\rb", "control characters", id="cr"),
+        pytest.param("http://example.com/a b", "whitespace", id="space"),
+        pytest.param("http://example.com/a\tb", "whitespace", id="tab"),
+        pytest.param("http://example.com/\x00", "control characters", id="nul"),
+        pytest.param("http://example.com/\x7f", "control characters", id="del"),
+    ],
+)
+def test_validate_url_rejects(url: str, fragment: str) -> None:
+    with pytest.raises(InvalidInput, match=re.escape(fragment)):
+        validate_url(url)
+
+
+@pytest.mark.parametrize(
+    "timer_id",
+    [
+        pytest.param("a", id="one-char"),
+        pytest.param("x" * 128, id="128-chars"),
+        pytest.param("Job_1.retry:2-b", id="every-punctuation"),
+        pytest.param(str(uuid.UUID(int=1)), id="uuid"),
+    ],
+)
+def test_validate_timer_id_accepts(timer_id: str) -> None:
+    assert validate_timer_id(timer_id) == timer_id
+
+
+@pytest.mark.parametrize(
+    "timer_id",
+    [
+        pytest.param("", id="empty"),
+        pytest.param("x" * 129, id="129-chars"),
+        pytest.param("a b", id="space"),
+        pytest.param("a/b", id="slash"),
+        pytest.param("caf\u00e9", id="non-ascii"),
+        pytest.param("abc\n", id="trailing-newline"),
+        pytest.param(5, id="not-a-string"),
+    ],
+)
+def test_validate_timer_id_rejects(timer_id: Any) -> None:
+    with pytest.raises(InvalidInput, match="expected 1-128 characters"):
+        validate_timer_id(timer_id)
+
+
+@pytest.mark.parametrize(
+    ("payload", "text"),
+    [
+        pytest.param(None, None, id="none"),
+        pytest.param({"a": [1, 2.5, True, None]}, '{"a":[1,2.5,true,null]}', id="compact"),
+        pytest.param("caf\u00e9", '"caf\u00e9"', id="unicode-kept"),
+        pytest.param(json.loads(json_string_of_bytes(MAX_PAYLOAD_BYTES)), json_string_of_bytes(MAX_PAYLOAD_BYTES),
+                     id="exactly-64KiB"),
+    ],
+)
+def test_encode_payload_accepts(payload: Any, text: str | None) -> None:
+    assert encode_payload(payload) == text
+
+
+@pytest.mark.parametrize(
+    ("payload", "fragment"),
+    [
+        pytest.param(json.loads(json_string_of_bytes(MAX_PAYLOAD_BYTES + 1)), "65537 bytes", id="64KiB-plus-1"),
+        pytest.param("\u00e9" * (MAX_PAYLOAD_BYTES // 2), "65538 bytes", id="multibyte-counted-in-bytes"),
+        pytest.param(float("nan"), "not JSON-serialisable", id="nan"),
+        pytest.param({"a": {1, 2}}, "not JSON-serialisable", id="set"),
+        pytest.param("\ud800", "not JSON-serialisable", id="lone-surrogate"),
+    ],
+)
+def test_encode_payload_rejects(payload: Any, fragment: str) -> None:
+    with pytest.raises(InvalidInput, match=fragment):
+        encode_payload(payload)
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        pytest.param('{"a": 1}', {"a": 1}, id="object"),
+        pytest.param("[1, 2]", [1, 2], id="array"),
+        pytest.param('"s"', "s", id="string"),
+        pytest.param("null", None, id="null"),
+        pytest.param(" 42 \n", 42, id="padded-number"),
+        pytest.param(json_string_of_bytes(MAX_PAYLOAD_BYTES), "a" * (MAX_PAYLOAD_BYTES - 2), id="exactly-64KiB"),
+    ],
+)
+def test_parse_payload_accepts(text: str, value: Any) -> None:
+    assert parse_payload(text) == value
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        pytest.param("{", "not valid JSON", id="truncated"),
+        pytest.param("", "not valid JSON", id="empty"),
+        pytest.param("{'a': 1}", "not valid JSON", id="single-quotes"),
+        pytest.param('{"a": 1} x', "not valid JSON", id="trailing-junk"),
+        pytest.param("NaN", "not JSON-serialisable", id="nan"),
+        pytest.param("[Infinity]", "not JSON-serialisable", id="infinity"),
+        pytest.param('"\\ud800"', "not JSON-serialisable", id="escaped-lone-surrogate"),
+        pytest.param("[" * 30_000 + "]" * 30_000, "nested too deeply", id="deep-nesting"),
+        pytest.param(json_string_of_bytes(MAX_PAYLOAD_BYTES + 1), "over 65536 bytes", id="64KiB-plus-1"),
+    ],
+)
+def test_parse_payload_rejects(text: str, fragment: str) -> None:
+    with pytest.raises(InvalidInput, match=fragment):
+        parse_payload(text)
+
+
+# --- TimerSpec -------------------------------------------------------------------------------------------
+
+SMALL_HORIZON = timedelta(minutes=10)
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        pytest.param(TimerSpec(URL, delay=timedelta(0)), id="zero-delay"),
+        pytest.param(TimerSpec(URL, delay=SMALL_HORIZON), id="delay-exactly-horizon"),
+        pytest.param(TimerSpec(URL, expiry_time=NOW), id="at-now"),
+        pytest.param(TimerSpec(URL, expiry_time=NOW + SMALL_HORIZON), id="at-exactly-horizon"),
+        pytest.param(TimerSpec(URL, delay=timedelta(seconds=1), timer_id="x" * 128), id="id-128"),
+        pytest.param(TimerSpec(URL, delay=timedelta(seconds=1), payload={"k": "v"}), id="payload"),
+    ],
+)
+def test_spec_validate_accepts(spec: TimerSpec) -> None:
+    spec.validate(NOW, SMALL_HORIZON)
+
+
+@pytest.mark.parametrize(
+    ("spec", "fragment"),
+    [
+        pytest.param(TimerSpec(URL), "exactly one", id="no-time"),
+        pytest.param(
+            TimerSpec(URL, expiry_time=NOW, delay=timedelta(seconds=1)), "exactly one", id="both-delay-and-instant"
+        ),
+        pytest.param(TimerSpec(URL, delay=-MS), "negative", id="negative-delay"),
+        pytest.param(TimerSpec(URL, delay=SMALL_HORIZON + MS), "beyond the horizon", id="delay-past-horizon"),
+        pytest.param(TimerSpec(URL, expiry_time=NOW - MS), "in the past", id="at-1ms-ago"),
+        pytest.param(TimerSpec(URL, expiry_time=NOW + SMALL_HORIZON + MS), "beyond the horizon", id="at-past-horizon"),
+        pytest.param(TimerSpec("ftp://example.com", delay=timedelta(0)), "http:// or https://", id="bad-url"),
+        pytest.param(TimerSpec(URL, delay=timedelta(0), timer_id="x" * 129), "1-128 characters", id="id-129"),
+        pytest.param(TimerSpec(URL, delay=timedelta(0), timer_id=""), "1-128 characters", id="empty-id"),
+        pytest.param(
+            TimerSpec(URL, delay=timedelta(0), payload="a" * MAX_PAYLOAD_BYTES), "at most 65536", id="payload-too-big"
+        ),
+    ],
+)
+def test_spec_validate_rejects(spec: TimerSpec, fragment: str) -> None:
+    with pytest.raises(InvalidInput, match=fragment):
+        spec.validate(NOW, SMALL_HORIZON)
+    with pytest.raises(InvalidInput, match=fragment):
+        spec.resolve(NOW, SMALL_HORIZON)
+
+
+def test_default_horizon_is_365_days() -> None:
+    TimerSpec(URL, delay=timedelta(days=365)).validate(NOW)
+    with pytest.raises(InvalidInput, match="horizon"):
+        TimerSpec(URL, delay=timedelta(days=365) + MS).validate(NOW)
+    assert timedelta(days=365) == DEFAULT_HORIZON
+
+
+def test_resolve_delay_truncates_to_ms_and_generates_uuid4() -> None:
+    now = NOW + timedelta(microseconds=123_456)
+    timer = TimerSpec(URL, delay=timedelta(seconds=90), payload={"a": 1}).resolve(now)
+    assert timer.created_at == NOW + timedelta(milliseconds=123)
+    assert timer.expiry_time == timer.due_at == NOW + timedelta(seconds=90, milliseconds=123)
+    assert (timer.status, timer.attempts, timer.payload, timer.webhook_url) == (S, 0, {"a": 1}, URL)
+    assert uuid.UUID(timer.timer_id).version == 4
+
+
+@pytest.mark.parametrize(
+    ("timer_id", "new_id", "expected"),
+    [
+        pytest.param("mine", None, "mine", id="given-id"),
+        pytest.param("mine", "generated", "mine", id="given-id-beats-new-id"),
+        pytest.param(None, "generated", "generated", id="new-id"),
+    ],
+)
+def test_resolve_ids(timer_id: str | None, new_id: str | None, expected: str) -> None:
+    spec = TimerSpec(URL, expiry_time=NOW + timedelta(hours=1), timer_id=timer_id)
+    timer = spec.resolve(NOW, new_id=new_id)
+    assert (timer.timer_id, timer.expiry_time) == (expected, NOW + timedelta(hours=1))
+
+
+STORED = TimerSpec(URL, delay=timedelta(seconds=90), payload={"a": 1, "b": [1, 2]}, timer_id="job").resolve(NOW)
+
+
+@pytest.mark.parametrize(
+    ("spec", "matches"),
+    [
+        pytest.param(TimerSpec(URL, delay=timedelta(seconds=90), payload={"a": 1, "b": [1, 2]}), True, id="same-in"),
+        pytest.param(
+            TimerSpec(URL, expiry_time=NOW + timedelta(seconds=90), payload={"a": 1, "b": [1, 2]}),
+            True,
+            id="same-instant",
+        ),
+        pytest.param(
+            TimerSpec(URL, delay=timedelta(seconds=90), payload={"b": [1, 2], "a": 1}), True, id="key-order-ignored"
+        ),
+        pytest.param(
+            TimerSpec(URL + "x", delay=timedelta(seconds=90), payload={"a": 1, "b": [1, 2]}), False, id="other-url"
+        ),
+        pytest.param(TimerSpec(URL, delay=timedelta(seconds=91), payload={"a": 1, "b": [1, 2]}), False, id="other-in"),
+        pytest.param(
+            TimerSpec(URL, expiry_time=NOW + timedelta(seconds=91), payload={"a": 1, "b": [1, 2]}),
+            False,
+            id="other-instant",
+        ),
+        pytest.param(TimerSpec(URL, delay=timedelta(seconds=90), payload={"a": 2, "b": [1, 2]}), False, id="payload"),
+        pytest.param(TimerSpec(URL, delay=timedelta(seconds=90), payload={"a": 1, "b": [2, 1]}), False, id="list-order"),
+        pytest.param(
+            TimerSpec(URL, delay=timedelta(seconds=90), payload={"a": True, "b": [1, 2]}), False, id="true-is-not-1"
+        ),
+        pytest.param(TimerSpec(URL, delay=timedelta(seconds=90)), False, id="no-payload"),
+    ],
+)
+def test_spec_matches(spec: TimerSpec, matches: bool) -> None:
+    # The later clock of a retried create must not matter: matching compares against the stored timer only.
+    assert spec.matches(STORED) is matches
+
+
+# --- building specs from CLI options and JSON objects ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "expected"),
+    [
+        pytest.param({"delay": "90s"}, TimerSpec(URL, delay=timedelta(seconds=90)), id="in"),
+        pytest.param(
+            {"at": "2030-01-01T13:00:00"}, TimerSpec(URL, expiry_time=datetime(2030, 1, 1, 12, tzinfo=UTC)), id="at"
+        ),
+        pytest.param({"hours": 1, "minutes": 59}, TimerSpec(URL, delay=timedelta(hours=1, minutes=59)), id="hms"),
+        pytest.param({"seconds": 0}, TimerSpec(URL, delay=timedelta(0)), id="hms-zero"),
+        pytest.param(
+            {"delay": "0s", "payload": [1], "timer_id": "k"}, TimerSpec(URL, delay=timedelta(0), payload=[1], timer_id="k"),
+            id="payload-and-id",
+        ),
+    ],
+)
+def test_build_spec(kwargs: dict[str, Any], expected: TimerSpec) -> None:
+    assert build_spec(URL, PARIS, **kwargs) == expected
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "fragment"),
+    [
+        pytest.param({}, "exactly one", id="no-time-form"),
+        pytest.param({"delay": "1s", "at": "2030-01-01T00:00:00Z"}, "exactly one", id="in-and-at"),
+        pytest.param({"delay": "1s", "seconds": 1}, "exactly one", id="in-and-hms"),
+        pytest.param({"delay": "-5s"}, "negative", id="negative-in"),
+        pytest.param({"at": "later"}, "invalid time", id="bad-at"),
+        pytest.param({"minutes": 60}, "minutes must be 0-59", id="minutes-60"),
+        pytest.param({"hours": 1.5}, "hours must be an integer", id="float-hours"),
+        pytest.param({"seconds": True}, "seconds must be an integer", id="bool-seconds"),
+    ],
+)
+def test_build_spec_rejects(kwargs: dict[str, Any], fragment: str) -> None:
+    with pytest.raises(InvalidInput, match=fragment):
+        build_spec(URL, PARIS, **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        pytest.param({"url": URL, "in": "90s"}, TimerSpec(URL, delay=timedelta(seconds=90)), id="short-names"),
+        pytest.param(
+            {"webhookUrl": URL, "expiryTime": "2030-01-01T12:00:00Z", "timerId": "k", "payload": {"a": 1}},
+            TimerSpec(URL, expiry_time=NOW, timer_id="k", payload={"a": 1}),
+            id="old-service-names",
+        ),
+        pytest.param(
+            {"url": URL, "hours": 0, "minutes": 1}, TimerSpec(URL, delay=timedelta(minutes=1)), id="hms-fields"
+        ),
+    ],
+)
+def test_spec_from_mapping(data: dict[str, Any], expected: TimerSpec) -> None:
+    assert spec_from_mapping(data, PARIS) == expected
+
+
+@pytest.mark.parametrize(
+    ("data", "fragment"),
+    [
+        pytest.param([1], "must be a JSON object", id="not-an-object"),
+        pytest.param({"url": URL, "in": "1s", "colour": "red"}, "unknown field 'colour'", id="unknown-field"),
+        pytest.param({"in": "1s"}, "missing webhook URL", id="no-url"),
+        pytest.param({"url": URL, "webhookUrl": URL, "in": "1s"}, "not both", id="url-twice"),
+        pytest.param({"url": URL, "in": 90}, "field 'in' must be a string", id="in-not-a-string"),
+        pytest.param({"url": 5, "in": "1s"}, "field 'url' must be a string", id="url-not-a-string"),
+        pytest.param({"url": URL, "minutes": "5"}, "minutes must be an integer", id="minutes-string"),
+    ],
+)
+def test_spec_from_mapping_rejects(data: Any, fragment: str) -> None:
+    with pytest.raises(InvalidInput, match=fragment):
+        spec_from_mapping(data, PARIS)
+
+
+# --- the JSON forms --------------------------------------------------------------------------------------
+
+
+def test_to_json_exact_keys_and_formats() -> None:
+    timer = make(
+        F,
+        payload={"n": 1},
+        attempts=2,
+        fired_at=NOW + timedelta(minutes=1, milliseconds=7),
+        last_error="HTTP 500",
+        expiry_time=NOW + timedelta(minutes=1, microseconds=999),
+    )
+    data = timer.to_json(NOW)
+    assert set(data) == PUBLIC_KEYS
+    assert data == {
+        "timerId": "t-1",
+        "webhookUrl": URL,
+        "expiryTime": "2030-01-01T12:01:00.000Z",
+        "createdAt": "2030-01-01T11:00:00.000Z",
+        "timerStatus": "Finished",
+        "timeLeft": 60,
+        "payload": {"n": 1},
+        "attempts": 2,
+        "firedAt": "2030-01-01T12:01:00.007Z",
+        "lastError": "HTTP 500",
+    }
+    assert all(INSTANT_RE.fullmatch(data[k]) for k in ("expiryTime", "createdAt", "firedAt"))
+    assert json.loads(json.dumps(data)) == data
+
+
+def test_to_json_nulls_for_a_new_timer() -> None:
+    data = make().to_json(NOW)
+    assert (data["firedAt"], data["lastError"], data["payload"], data["attempts"]) == (None, None, None, 0)
+    assert data["timerStatus"] == "Scheduled"
+
+
+@pytest.mark.parametrize(
+    ("before_expiry", "left"),
+    [
+        pytest.param(timedelta(seconds=90), 90, id="whole"),
+        pytest.param(timedelta(seconds=90, milliseconds=999), 90, id="floored-not-rounded"),
+        pytest.param(timedelta(seconds=1), 1, id="one"),
+        pytest.param(timedelta(milliseconds=999), 0, id="under-a-second"),
+        pytest.param(timedelta(0), 0, id="at-expiry"),
+        pytest.param(-timedelta(milliseconds=1), 0, id="just-past"),
+        pytest.param(-timedelta(days=3), 0, id="long-past"),
+        pytest.param(timedelta(days=365), 365 * 86400, id="a-year"),
+    ],
+)
+def test_time_left(before_expiry: timedelta, left: int) -> None:
+    timer = make()
+    now = timer.expiry_time - before_expiry
+    assert timer.time_left(now) == left
+    assert timer.to_json(now)["timeLeft"] == left
+
+
+@pytest.mark.parametrize(
+    "timer",
+    [
+        pytest.param(make(), id="new"),
+        pytest.param(
+            make(
+                X,
+                payload={"deep": [1, {"x": None}], "s": "caf\u00e9"},
+                attempts=8,
+                fired_at=NOW,
+                last_error="timeout",
+                due_at=NOW + timedelta(seconds=30),
+            ),
+            id="failed-with-everything",
+        ),
+        pytest.param(make(S, attempts=1, due_at=NOW + timedelta(seconds=2)), id="retry-due-later"),
+    ],
+)
+def test_record_round_trip(timer: Timer) -> None:
+    record = timer.to_record()
+    assert set(record) == (PUBLIC_KEYS - {"timeLeft"}) | {"dueAt"}
+    assert Timer.from_record(json.loads(json.dumps(record))) == timer
+
+
+def test_from_record_accepts_public_json_and_defaults() -> None:
+    timer = make(payload=[1])
+    assert Timer.from_record(timer.to_json(NOW)) == timer
+    minimal = {"timerId": "t-1", "webhookUrl": URL, "expiryTime": "2030-01-01T12:01:00Z", "createdAt": "2030-01-01T11:00Z"}
+    assert Timer.from_record(minimal) == make()
+
+
+GOOD_RECORD = make().to_record()
+
+
+def bad(**changes: Any) -> dict[str, Any]:
+    record = dict(GOOD_RECORD)
+    for key, value in changes.items():
+        if value is ...:
+            del record[key]
+        else:
+            record[key] = value
+    return record
+
+
+@pytest.mark.parametrize(
+    ("data", "fragment"),
+    [
+        pytest.param([GOOD_RECORD], "must be a JSON object, got list", id="not-a-dict"),
+        pytest.param(None, "must be a JSON object, got NoneType", id="null"),
+        pytest.param(bad(timerId=...), "missing 'timerId'", id="no-id"),
+        pytest.param(bad(webhookUrl=...), "missing 'webhookUrl'", id="no-url"),
+        pytest.param(bad(expiryTime=...), "missing 'expiryTime'", id="no-expiry"),
+        pytest.param(bad(createdAt=...), "missing 'createdAt'", id="no-created"),
+        pytest.param(bad(timerId="a b"), "invalid timer id", id="bad-id"),
+        pytest.param(bad(timerId=7), "invalid timer id", id="numeric-id"),
+        pytest.param(bad(webhookUrl="ftp://x"), "http:// or https://", id="bad-url"),
+        pytest.param(bad(webhookUrl=None), "empty", id="null-url"),
+        pytest.param(bad(expiryTime="soon"), "invalid instant", id="bad-expiry"),
+        pytest.param(bad(expiryTime="2030-01-01T00:00:00"), "no offset", id="naive-expiry"),
+        pytest.param(bad(createdAt=12), "invalid instant", id="numeric-created"),
+        pytest.param(bad(timerStatus="Done"), "bad value", id="bad-status"),
+        pytest.param(bad(attempts=-1), "attempts must be a non-negative integer", id="negative-attempts"),
+        pytest.param(bad(attempts="1"), "attempts must be a non-negative integer", id="string-attempts"),
+        pytest.param(bad(attempts=True), "attempts must be a non-negative integer", id="bool-attempts"),
+        pytest.param(bad(attempts=1.0), "attempts must be a non-negative integer", id="float-attempts"),
+        pytest.param(bad(lastError=5), "lastError must be a string", id="numeric-error"),
+        pytest.param(bad(firedAt="yesterday"), "invalid instant", id="bad-fired"),
+        pytest.param(bad(dueAt="2030-01-01"), "no offset", id="naive-due"),
+        pytest.param(bad(payload=float("inf")), "not JSON-serialisable", id="infinite-payload"),
+        pytest.param(bad(payload="a" * MAX_PAYLOAD_BYTES), "at most 65536", id="payload-too-big"),
+    ],
+)
+def test_from_record_rejects(data: Any, fragment: str) -> None:
+    with pytest.raises(InvalidInput, match=fragment):
+        Timer.from_record(data)

@@ -1,0 +1,266 @@
+"""The runner in-process: a real SQLite file, a real HTTP receiver, the real event loop and clock.
+
+Each test runs ``Runner(settings, SqliteStore(file)).run(stop)`` in a thread (or ``run(burst=True)``)
+and reads the outcome back through a second connection to the same file, the way a CLI would.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from timerctl import __version__
+from timerctl.config import Settings, load_settings
+from timerctl.daemons.lifecycle import StopFlag
+from timerctl.daemons.runner import Runner
+from timerctl.model import Status, Timer, parse_instant, utc
+from timerctl.stores.sqlite import SqliteStore
+from tests.fixtures_http import Receiver, wait_until
+
+#: Small values so a test takes a second or two; every test may override some of them.
+FAST = {
+    "poll_interval": "0.05",
+    "lease": "5",
+    "lookahead": "2",
+    "retry_first_delay": "0.2",
+    "retry_max_delay": "1",
+    "max_attempts": "8",
+    "request_timeout": "5",
+    "connect_timeout": "2",
+    "drain_timeout": "5",
+}
+
+
+def runner_env(tmp_path: Path, **overrides: object) -> dict[str, str]:
+    """TIMERCTL_* variables for a runner on ``tmp_path``'s store, isolated from any user config file."""
+    config = tmp_path / "timerctl.toml"
+    config.touch()
+    values = {**FAST, **{k: str(v) for k, v in overrides.items()}}
+    return {
+        "TIMERCTL_CONFIG": str(config),
+        "TIMERCTL_DB": str(tmp_path / "timers.db"),
+        **{f"TIMERCTL_{name.upper()}": value for name, value in values.items()},
+    }
+
+
+def settings_for(tmp_path: Path, **overrides: object) -> Settings:
+    return load_settings(env=runner_env(tmp_path, **overrides))
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def make_timer(timer_id: str, url: str, expiry: datetime, payload: Any = None) -> Timer:
+    """A Scheduled timer as the CLI would store it; ``expiry`` may be in the past (catch-up)."""
+    expiry = utc(expiry)
+    return Timer(timer_id, url, expiry, created_at=min(utc(now()), expiry), payload=payload)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[SqliteStore]:
+    """The test's own connection to the store file the runners use."""
+    db = SqliteStore(str(tmp_path / "timers.db"))
+    yield db
+    db.close()
+
+
+@contextmanager
+def running(settings: Settings) -> Iterator[Runner]:
+    """A daemon runner on its own store connection, in a thread; stopped and joined on exit."""
+    runner = Runner(settings, SqliteStore(settings.db_path))
+    stop = StopFlag()
+    codes: list[int] = []
+    thread = threading.Thread(target=lambda: codes.append(runner.run(stop)), name="test-runner", daemon=True)
+    thread.start()
+    try:
+        yield runner
+    finally:
+        stop.request()
+        thread.join(timeout=15)
+        runner.store.close()
+        assert not thread.is_alive(), "runner did not stop within 15s"
+    assert codes == [0]
+
+
+def statuses(store: SqliteStore, ids: list[str]) -> dict[str, Status]:
+    return {tid: t.status for tid in ids if (t := store.get(tid)) is not None}
+
+
+def all_in(store: SqliteStore, ids: list[str], status: Status) -> bool:
+    got = statuses(store, ids)
+    return len(got) == len(ids) and all(s is status for s in got.values())
+
+
+def test_fires_at_expiry_with_the_documented_body_and_headers(
+    tmp_path: Path, store: SqliteStore, receiver: Receiver
+) -> None:
+    payload = {"order": 42, "items": ["a", "é"], "nested": {"ok": True, "none": None}}
+    expiry = now() + timedelta(seconds=1)
+    store.insert(make_timer("t-1", receiver.url("/x?token=abc"), expiry, payload))
+
+    with running(settings_for(tmp_path)):
+        (got,) = receiver.wait_for(1, timeout=5)
+        done = wait_until(lambda: (t := store.get("t-1")) and t.status is Status.FINISHED and t, timeout=5)
+
+    assert got.path == "/x"
+    assert got.json == {
+        "timerId": "t-1",
+        "expiryTime": got.json["expiryTime"],
+        "firedAt": got.json["firedAt"],
+        "attempt": 1,
+        "payload": payload,
+    }
+    assert parse_instant(got.json["expiryTime"]) == utc(expiry)
+    fired_at = parse_instant(got.json["firedAt"])
+    assert utc(expiry) <= fired_at < utc(expiry) + timedelta(seconds=1)
+    assert expiry.timestamp() <= got.received_at < expiry.timestamp() + 1.0
+    assert got.headers["content-type"] == "application/json"
+    assert got.headers["user-agent"] == f"timerctl/{__version__}"
+    assert got.headers["idempotency-key"] == "t-1"
+    assert done.attempts == 1
+    assert done.last_error is None
+    assert done.fired_at == fired_at, "the stored firedAt is the one the receiver was sent"
+    assert done.lease_owner is None and done.lease_until is None
+    assert len(receiver.requests) == 1
+
+
+def test_a_500_is_retried_with_backoff_then_finishes(tmp_path: Path, store: SqliteStore, receiver: Receiver) -> None:
+    receiver.respond("/flaky", 500)
+    store.insert(make_timer("t-flaky", receiver.url("/flaky"), now()))
+    first_delay = 0.4
+
+    with running(settings_for(tmp_path, retry_first_delay=first_delay)):
+        first, second = receiver.wait_for(2, timeout=5)
+        done = wait_until(lambda: (t := store.get("t-flaky")) and t.status is Status.FINISHED and t, timeout=5)
+
+    assert [first.json["attempt"], second.json["attempt"]] == [1, 2]
+    assert {first.headers["idempotency-key"], second.headers["idempotency-key"]} == {"t-flaky"}
+    assert first.json["expiryTime"] == second.json["expiryTime"]
+    # Full jitter over half the backoff: the retry never comes sooner than first_delay / 2.
+    gap = (parse_instant(second.json["firedAt"]) - parse_instant(first.json["firedAt"])).total_seconds()
+    assert gap >= first_delay / 2 - 0.002
+    assert second.received_at - first.received_at >= first_delay / 2 - 0.01
+    assert gap < first_delay + 0.5
+    assert done.attempts == 2
+    assert done.fired_at == parse_instant(second.json["firedAt"])
+    assert done.last_error is None
+    assert len(receiver.requests) == 2
+
+
+def test_gives_up_after_the_last_attempt(tmp_path: Path, store: SqliteStore, receiver: Receiver) -> None:
+    receiver.respond("/down", *[500] * 10)
+    store.insert(make_timer("t-down", receiver.url("/down"), now()))
+
+    with running(settings_for(tmp_path, max_attempts=3, retry_first_delay="0.05")):
+        failed = wait_until(lambda: (t := store.get("t-down")) and t.status is Status.FAILED and t, timeout=8)
+        # Nothing may follow the last attempt: give a stray fourth request a few polls to show up.
+        with pytest.raises(AssertionError):
+            receiver.wait_for(4, timeout=0.5)
+
+    assert [r.json["attempt"] for r in receiver.requests] == [1, 2, 3]
+    assert failed.attempts == 3
+    assert failed.last_error is not None and "500" in failed.last_error
+    assert failed.fired_at is None
+    assert failed.lease_owner is None
+
+
+def test_a_refused_connection_is_retried_then_fails(tmp_path: Path, store: SqliteStore) -> None:
+    closed = Receiver()  # bind a free port, then close it so nothing listens there
+    url = closed.url("/gone")
+    closed.close()
+    store.insert(make_timer("t-refused", url, now()))
+
+    with running(settings_for(tmp_path, max_attempts=3, retry_first_delay="0.05")):
+        failed = wait_until(lambda: (t := store.get("t-refused")) and t.status is Status.FAILED and t, timeout=8)
+
+    assert failed.attempts == 3
+    assert failed.last_error is not None and "Connect" in failed.last_error
+
+
+def test_overdue_timers_fire_at_start_oldest_first(tmp_path: Path, store: SqliteStore, receiver: Receiver) -> None:
+    start = now()
+    # Ids deliberately not in expiry order, so only the expiry can explain the firing order.
+    ages = {"t-c": 5, "t-a": 4, "t-e": 3, "t-b": 2, "t-d": 1}
+    store.insert_many([make_timer(tid, receiver.url("/late"), start - timedelta(seconds=s)) for tid, s in ages.items()])
+
+    runner = Runner(settings_for(tmp_path, concurrency=1, per_host_concurrency=1), SqliteStore(str(tmp_path / "timers.db")))
+    try:
+        assert runner.run(burst=True) == 0
+    finally:
+        runner.store.close()
+
+    got = receiver.wait_for(5, timeout=1)
+    assert [r.json["timerId"] for r in got] == sorted(ages, key=lambda tid: -ages[tid])
+    assert all(parse_instant(r.json["firedAt"]) - start < timedelta(seconds=1) for r in got)
+    assert all_in(store, list(ages), Status.FINISHED)
+    assert len(receiver.requests) == 5
+
+
+def test_burst_fires_what_is_due_and_leaves_the_rest(tmp_path: Path, store: SqliteStore, receiver: Receiver) -> None:
+    store.insert(make_timer("t-due", receiver.url(), now()))
+    store.insert(make_timer("t-later", receiver.url(), now() + timedelta(hours=1)))
+
+    runner = Runner(settings_for(tmp_path), SqliteStore(str(tmp_path / "timers.db")))
+    try:
+        assert runner.run(burst=True) == 0
+    finally:
+        runner.store.close()
+
+    assert [r.json["timerId"] for r in receiver.wait_for(1, timeout=1)] == ["t-due"]
+    later = store.get("t-later")
+    assert later is not None and later.status is Status.SCHEDULED and later.lease_owner is None
+    assert statuses(store, ["t-due"]) == {"t-due": Status.FINISHED}
+
+
+def test_a_delivery_longer_than_the_lease_is_not_fired_twice(
+    tmp_path: Path, store: SqliteStore, receiver: Receiver
+) -> None:
+    receiver.hang("/slow", 3.0)
+    store.insert(make_timer("t-slow", receiver.url("/slow"), now()))
+    settings = settings_for(tmp_path, lease=1, poll_interval="0.05")
+
+    with running(settings) as first:
+        wait_until(lambda: (t := store.get("t-slow")) and t.lease_owner == first.owner, timeout=5)
+        with running(settings) as second:
+            done = wait_until(lambda: (t := store.get("t-slow")) and t.status is Status.FINISHED and t, timeout=8)
+            # The second runner polled all along; a lost lease would have shown up by now.
+            assert second.fired == 0
+
+    assert first.fired == 1
+    assert len(receiver.requests) == 1
+    assert done.attempts == 1
+
+
+def test_stop_releases_unstarted_claims_and_waits_for_inflight(
+    tmp_path: Path, store: SqliteStore, receiver: Receiver
+) -> None:
+    receiver.hang("/slow", 1.0)
+    store.insert(make_timer("t-inflight", receiver.url("/slow"), now()))
+    store.insert(make_timer("t-ahead", receiver.url("/ahead"), now() + timedelta(seconds=20)))
+    settings = settings_for(tmp_path, lookahead=30)
+    runner = Runner(settings, SqliteStore(settings.db_path))
+    stop = StopFlag()
+    thread = threading.Thread(target=runner.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        wait_until(lambda: all_in(store, ["t-inflight", "t-ahead"], Status.RUNNING), timeout=5)
+        wait_until(lambda: runner.fired == 0 and runner._inflight, timeout=5, message="delivery in flight")
+        stop.request()
+        thread.join(timeout=10)
+        assert not thread.is_alive()
+    finally:
+        stop.request()
+        thread.join(timeout=10)
+        runner.store.close()
+
+    assert [r.path for r in receiver.requests] == ["/slow"]
+    assert statuses(store, ["t-inflight", "t-ahead"]) == {"t-inflight": Status.FINISHED, "t-ahead": Status.SCHEDULED}
+    ahead = store.get("t-ahead")
+    assert ahead is not None and ahead.lease_owner is None and ahead.attempts == 0

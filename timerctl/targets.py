@@ -1,0 +1,128 @@
+"""Target safety: which addresses a webhook may reach, decided at fire time on the resolved address.
+
+The decision (``refusal``) is pure; ``TargetGuard`` adds the DNS lookup. The runner connects to the
+address that was checked (pinning it, with the original Host header and TLS server name), so a name
+that resolves to a public address at check time cannot be re-resolved to 169.254.169.254 for the POST.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from timerctl.delivery import RefusedTarget
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+Resolver = Callable[[str, int], Awaitable[list[str]]]
+
+#: Ranges no webhook may ever reach, whatever the settings (unless explicitly allowed).
+ALWAYS_BLOCKED: tuple[Network, ...] = tuple(
+    ipaddress.ip_network(n)
+    for n in (
+        "0.0.0.0/8",  # "this network", includes the unspecified address
+        "169.254.0.0/16",  # link-local, includes cloud metadata 169.254.169.254
+        "224.0.0.0/4",  # multicast
+        "240.0.0.0/4",  # reserved, includes broadcast
+        "100.64.0.0/10",  # carrier-grade NAT, shared address space
+        "192.0.0.0/24",  # IETF protocol assignments
+        "198.18.0.0/15",  # benchmarking
+        "::/128",
+        "fe80::/10",  # link-local
+        "ff00::/8",  # multicast
+        "fec0::/10",  # deprecated site-local
+        "100::/64",  # discard
+    )
+)
+#: Blocked only with TIMERCTL_BLOCK_PRIVATE_TARGETS=1.
+PRIVATE: tuple[Network, ...] = tuple(
+    ipaddress.ip_network(n)
+    for n in ("127.0.0.0/8", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "::1/128", "fc00::/7")
+)
+
+
+@dataclass(frozen=True, slots=True)
+class TargetPolicy:
+    """Which addresses are refused; ``allowed_*`` entries win over every block."""
+
+    block_private: bool = False
+    allowed_networks: tuple[Network, ...] = ()
+    allowed_hosts: frozenset[str] = frozenset()
+
+    @classmethod
+    def from_settings(cls, block_private: bool, allowed: str) -> TargetPolicy:
+        """A policy from ``TIMERCTL_ALLOWED_TARGETS``: comma-separated CIDRs, addresses or host names."""
+        networks: list[Network] = []
+        hosts: set[str] = set()
+        for item in (part.strip() for part in allowed.split(",")):
+            if not item:
+                continue
+            try:
+                networks.append(ipaddress.ip_network(item, strict=False))
+            except ValueError:
+                hosts.add(item.lower().rstrip("."))
+        return cls(block_private, tuple(networks), frozenset(hosts))
+
+    def refusal(self, host: str, address: IPAddress) -> str | None:
+        """Why ``address`` (resolved from ``host``) is refused, or None when it may be called."""
+        if host.lower().rstrip(".") in self.allowed_hosts:
+            return None
+        mapped = address.ipv4_mapped if isinstance(address, ipaddress.IPv6Address) else None
+        candidate: IPAddress = mapped or address
+        if any(candidate in net for net in self.allowed_networks if net.version == candidate.version):
+            return None
+        for net in ALWAYS_BLOCKED:
+            if net.version == candidate.version and candidate in net:
+                return f"target {host} resolves to {address}, in blocked range {net}"
+        if candidate.is_multicast or candidate.is_unspecified or candidate.is_reserved or candidate.is_link_local:
+            return f"target {host} resolves to {address}, a reserved/link-local/multicast address"
+        if self.block_private:
+            for net in PRIVATE:
+                if net.version == candidate.version and candidate in net:
+                    return f"target {host} resolves to {address}, a private range blocked by TIMERCTL_BLOCK_PRIVATE_TARGETS"
+            if candidate.is_private or candidate.is_loopback:
+                return f"target {host} resolves to {address}, a private address blocked by TIMERCTL_BLOCK_PRIVATE_TARGETS"
+        return None
+
+
+async def system_resolver(host: str, port: int) -> list[str]:
+    """Every address ``host`` resolves to, through the event loop's getaddrinfo."""
+    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return [str(info[4][0]) for info in infos]
+
+
+class TargetGuard:
+    """Resolves a webhook's host and refuses it when any of its addresses is blocked."""
+
+    def __init__(self, policy: TargetPolicy, resolver: Resolver = system_resolver) -> None:
+        self.policy = policy
+        self.resolver = resolver
+
+    async def check(self, url: str) -> str:
+        """The address to connect to; RefusedTarget when the host is blocked or does not resolve."""
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        try:
+            literal: IPAddress | None = ipaddress.ip_address(host)
+        except ValueError:
+            literal = None
+        if literal is not None:
+            addresses = [str(literal)]
+        else:
+            try:
+                addresses = await self.resolver(host, port)
+            except (OSError, UnicodeError) as exc:
+                # A name that does not resolve may resolve later: let the attempt fail and be retried.
+                raise ConnectionError(f"cannot resolve {host}: {exc}") from exc
+        if not addresses:
+            raise ConnectionError(f"cannot resolve {host}: no addresses")
+        for text in addresses:
+            reason = self.policy.refusal(host, ipaddress.ip_address(text.split("%")[0]))
+            if reason:
+                raise RefusedTarget(reason)
+        return addresses[0]
