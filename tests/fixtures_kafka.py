@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import socket
 import subprocess
 import tempfile
@@ -20,7 +21,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import NoReturn, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import pytest
 
@@ -102,11 +103,12 @@ class TansuBroker:
         wait_for(up, timeout, f"tansu to listen on {url}")
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Terminate the process (killing it if it lingers) and wait until the port is closed."""
+        """Stop the process (killing it if it lingers) and wait until the port is closed."""
         process, self.process = self.process, None
         if process is None:
             return
-        process.terminate()
+        # SIGINT: Tansu exits at once; on SIGTERM it drains open connections for 5 s first.
+        process.send_signal(signal.SIGINT)
         try:
             process.wait(timeout)
         except subprocess.TimeoutExpired:
@@ -185,6 +187,38 @@ def delete_topics(bootstrap: str, topics: list[str]) -> None:
         admin.delete_topics(topics)
     finally:
         admin.close()
+
+
+def read_topic(bootstrap: str, topic: str, expected: int, partitions: int = TOPIC_PARTITIONS) -> list[Any]:
+    """Every record of ``topic`` from the start (manual assignment, no group), once ``expected`` arrived."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest")
+    try:
+        consumer.assign([TopicPartition(topic, p) for p in range(partitions)])
+        records: list[Any] = []
+
+        def more() -> bool:
+            for batch in consumer.poll(timeout_ms=200).values():
+                records.extend(batch)
+            return len(records) >= expected
+
+        wait_for(more, 20, f"{expected} records on {topic}")
+        return records
+    finally:
+        consumer.close(autocommit=False)
+
+
+def end_offsets(records: list[Any], partitions: int = TOPIC_PARTITIONS) -> dict[int, int]:
+    """The offset after the last of ``records`` in each partition (0 for an empty one).
+
+    Computed from the records because Tansu's ListOffsets(latest), behind ``KafkaConsumer.end_offsets``,
+    answers the last batch's base offset + 1, short of the true end when a batch holds several records.
+    """
+    ends = dict.fromkeys(range(partitions), 0)
+    for record in records:
+        ends[record.partition] = max(ends[record.partition], record.offset + 1)
+    return ends
 
 
 @pytest.fixture

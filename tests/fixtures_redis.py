@@ -36,16 +36,12 @@ def _test_db_url() -> str:
 def redis_url() -> Iterator[str]:
     """The URL of an empty Redis DB, flushed again after the test."""
     url = _test_db_url()
-    client = redis.Redis.from_url(
-        url, socket_connect_timeout=1, socket_timeout=5, retry=Retry(NoBackoff(), 0)
-    )
+    client = redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=5, retry=Retry(NoBackoff(), 0))
     try:
         client.ping()
     except redis.RedisError as exc:
         client.close()
-        message = (
-            f"Redis at {redact_url(url)} is not answering ({exc}); set TIMERCTL_TEST_REDIS_URL to use another"
-        )
+        message = f"Redis at {redact_url(url)} is not answering ({exc}); set TIMERCTL_TEST_REDIS_URL to use another"
         if os.environ.get("CI"):
             pytest.fail(message, pytrace=False)
         pytest.skip(message)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -18,15 +19,24 @@ from typing import Any
 import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
-from tests.fixtures_kafka import TOPIC_PARTITIONS, wait_for
+from tests.fixtures_kafka import (
+    TOPIC_PARTITIONS,
+    TansuBroker,
+    end_offsets,
+    read_topic,
+    wait_for,
+)
 from timerctl.config import Settings
 from timerctl.daemons.consumer import Consumer, serve
 from timerctl.daemons.lifecycle import StopFlag
-from timerctl.model import BackendUnavailable, Status, Timer
+from timerctl.model import BackendUnavailable, Status, Timer, utc
 from timerctl.queue.kafka import DLQ_REASON_HEADER, KafkaQueue, dlq_topic, encode_create
 from timerctl.stores.sqlite import SqliteStore
 
-NOW = datetime.now(UTC)
+#: Shorter than the daemon's default: Tansu completes a group join after about half the session timeout,
+#: which the consumer derives from this (and a killed member's partitions move on after about this long).
+TEST_POLL_INTERVAL_MS = 6000
+NOW = utc(datetime.now(UTC))  # milliseconds, as stored
 
 
 def make_timers(count: int, prefix: str = "c") -> list[Timer]:
@@ -61,21 +71,19 @@ def produce_raw(bootstrap: str, topic: str, records: Sequence[tuple[bytes, bytes
         producer.close(timeout=5)
 
 
-def offsets(bootstrap: str, topic: str, group: str) -> tuple[dict[int, int | None], dict[int, int]]:
-    """(committed offset per partition for ``group``, end offset per partition)."""
+def committed_offsets(bootstrap: str, topic: str, group: str) -> dict[int, int | None]:
+    """``group``'s committed offset in each partition (None where it never committed)."""
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
     try:
-        parts = [TopicPartition(topic, p) for p in range(TOPIC_PARTITIONS)]
-        committed = {tp.partition: consumer.committed(tp) for tp in parts}
-        ends = {tp.partition: offset for tp, offset in consumer.end_offsets(parts).items()}
-        return committed, ends
+        return {p: consumer.committed(TopicPartition(topic, p)) for p in range(TOPIC_PARTITIONS)}
     finally:
         consumer.close(autocommit=False)
 
 
-def fully_committed(bootstrap: str, topic: str, group: str) -> bool:
-    committed, ends = offsets(bootstrap, topic, group)
-    return all((committed[p] or 0) == end for p, end in ends.items())
+def wait_fully_committed(bootstrap: str, topic: str, group: str, total: int) -> None:
+    """Wait until ``group`` committed the end of every partition of ``topic`` (``total`` records)."""
+    ends = {p: end or None for p, end in end_offsets(read_topic(bootstrap, topic, total)).items()}
+    wait_for(lambda: committed_offsets(bootstrap, topic, group) == ends, 15, f"commits up to {ends}")
 
 
 def count_rows(db: Path) -> int:
@@ -108,7 +116,11 @@ def consumer_thread(settings: Settings, store: Any, group: str) -> Iterator[Stop
     """``serve`` running in a thread until the block ends; asserts it stopped with exit code 0."""
     flag = StopFlag()
     result: list[int] = []
-    thread = threading.Thread(target=lambda: result.append(serve(settings, flag, store, group_id=group)))
+    thread = threading.Thread(
+        target=lambda: result.append(
+            serve(settings, flag, store, group_id=group, max_poll_interval_ms=TEST_POLL_INTERVAL_MS)
+        )
+    )
     thread.start()
     try:
         yield flag
@@ -125,7 +137,7 @@ def test_consumes_2000_timers_into_the_store_once(settings: Settings, store: Sql
     submit(settings.kafka_bootstrap, settings.topic, timers[:100])  # a retried submit: duplicates
     with consumer_thread(settings, store, group):
         wait_for(lambda: store.counts()[Status.SCHEDULED] == 2000, 30, "2000 timers in the store")
-        wait_for(lambda: fully_committed(settings.kafka_bootstrap, settings.topic, group), 15, "commits")
+        wait_fully_committed(settings.kafka_bootstrap, settings.topic, group, 2100)
     assert sum(store.counts().values()) == 2000
     assert store.get("c-1999") == timers[1999]
 
@@ -146,15 +158,10 @@ def test_malformed_records_go_to_the_dlq_and_the_partition_moves_on(
     )
     with consumer_thread(settings, store, group):
         wait_for(lambda: store.get("good-1") is not None, 20, "the record after the bad ones to be stored")
-        wait_for(lambda: fully_committed(settings.kafka_bootstrap, settings.topic, group), 15, "commits")
+        wait_fully_committed(settings.kafka_bootstrap, settings.topic, group, 4)
     assert store.get("good-0") == good[0]
 
-    dlq = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, auto_offset_reset="earliest")
-    dlq.assign([TopicPartition(dlq_topic(settings.topic), 0)])
-    letters: list[Any] = []
-    wait_for(lambda: letters.extend(sum(dlq.poll(timeout_ms=200).values(), [])) or len(letters) >= 2, 15, "letters")
-    dlq.close(autocommit=False)
-
+    letters = read_topic(settings.kafka_bootstrap, dlq_topic(settings.topic), 2, partitions=1)
     by_key = {r.key: r for r in letters}
     assert set(by_key) == {b"bad-utf8", b"bad-version"}
     utf8 = json.loads(by_key[b"bad-utf8"].value)
@@ -177,7 +184,7 @@ def test_create_then_cancel_is_stored_cancelled(settings: Settings, store: Sqlit
     finally:
         queue.close()
     with consumer_thread(settings, store, group):
-        wait_for(lambda: fully_committed(settings.kafka_bootstrap, settings.topic, group), 20, "commits")
+        wait_fully_committed(settings.kafka_bootstrap, settings.topic, group, 3)
     stored = store.get(timer.timer_id)
     assert stored is not None and stored.status is Status.CANCELLED
     assert store.get("never-created") is None
@@ -188,7 +195,7 @@ def test_tombstone_first_then_create_stays_cancelled(settings: Settings, store: 
     store.cancel(timer.timer_id, fallback=timer)  # cancelled while its create was still in the queue
     submit(settings.kafka_bootstrap, settings.topic, [timer])
     with consumer_thread(settings, store, group):
-        wait_for(lambda: fully_committed(settings.kafka_bootstrap, settings.topic, group), 20, "commits")
+        wait_fully_committed(settings.kafka_bootstrap, settings.topic, group, 1)
     stored = store.get(timer.timer_id)
     assert stored is not None and stored.status is Status.CANCELLED
 
@@ -216,7 +223,7 @@ def test_store_down_commits_nothing_then_stores_everything_once(
 ) -> None:
     submit(settings.kafka_bootstrap, settings.topic, make_timers(300))
     flaky = FlakyStore(store, failures=2)
-    consumer = Consumer(settings, flaky, group_id=group)  # type: ignore[arg-type]
+    consumer = Consumer(settings, flaky, group_id=group, max_poll_interval_ms=TEST_POLL_INTERVAL_MS)  # type: ignore[arg-type]
     try:
 
         def attempt() -> bool:
@@ -230,7 +237,7 @@ def test_store_down_commits_nothing_then_stores_everything_once(
         with pytest.raises(BackendUnavailable):
             consumer.run_once()  # the same batch again, still down
         assert consumer.pending is not None
-        committed, _ = offsets(settings.kafka_bootstrap, settings.topic, group)
+        committed = committed_offsets(settings.kafka_bootstrap, settings.topic, group)
         assert set(committed.values()) == {None}, "committed while the store was down"
         assert count_rows(Path(settings.db_path)) == 0
 
@@ -242,7 +249,7 @@ def test_store_down_commits_nothing_then_stores_everything_once(
             return store.counts()[Status.SCHEDULED] == 300
 
         wait_for(drain, 20, "all 300 timers stored after the store came back")
-        assert fully_committed(settings.kafka_bootstrap, settings.topic, group)
+        wait_fully_committed(settings.kafka_bootstrap, settings.topic, group, 300)
         assert applied == 300 and flaky.calls >= 3
     finally:
         consumer.close()
@@ -250,11 +257,29 @@ def test_store_down_commits_nothing_then_stores_everything_once(
 
 def test_store_down_in_the_loop_backs_off_and_recovers(settings: Settings, store: SqliteStore, group: str) -> None:
     submit(settings.kafka_bootstrap, settings.topic, make_timers(500))
-    flaky = FlakyStore(store, failures=3)
+    flaky = FlakyStore(store, failures=2)
     with consumer_thread(settings, flaky, group):
         wait_for(lambda: store.counts()[Status.SCHEDULED] == 500, 30, "500 timers after the outage")
-        wait_for(lambda: fully_committed(settings.kafka_bootstrap, settings.topic, group), 15, "commits")
-    assert flaky.calls >= 4
+        wait_fully_committed(settings.kafka_bootstrap, settings.topic, group, 500)
+    assert flaky.calls >= 3
+
+
+def test_waits_for_an_unreachable_broker_and_stops_cleanly_when_it_is_lost(
+    private_kafka_broker: TansuBroker, tmp_path: Path, group: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    broker = private_kafka_broker
+    settings = Settings(db=str(tmp_path / "timers.db"), kafka_bootstrap=broker.bootstrap, topic="outage")
+    store = SqliteStore(settings.db_path)
+    broker.stop()
+    try:
+        with consumer_thread(settings, store, group):
+            wait_for(lambda: f"{broker.bootstrap} is unavailable" in caplog.text, 15, "a failed connect")
+            broker.start()  # the consumer, backing off, connects on its next attempt (and creates the topic)
+            submit(broker.bootstrap, "outage", make_timers(20, prefix="o"))
+            wait_for(lambda: store.counts()[Status.SCHEDULED] == 20, 30, "timers once the broker is up")
+            broker.stop()  # lost while connected: the daemon must neither crash nor hang on stop
+    finally:
+        store.close()
 
 
 # --- as a process ---------------------------------------------------------------------------------------
@@ -267,18 +292,21 @@ from timerctl.daemons.lifecycle import StopFlag
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
 flag = StopFlag()
 flag.install()
-sys.exit(serve(load_settings(), flag, group_id=os.environ["TEST_GROUP"], max_records=500, max_poll_interval_ms=6000))
+poll_ms = int(os.environ["TEST_POLL_INTERVAL_MS"])
+sys.exit(serve(load_settings(), flag, group_id=os.environ["TEST_GROUP"], max_records=500, max_poll_interval_ms=poll_ms))
 """
 
 
-def start_consumer_process(settings: Settings, group: str, log: Path) -> subprocess.Popen[bytes]:
+def start_consumer_process(settings: Settings, group: str, log: Path, **extra_env: str) -> subprocess.Popen[bytes]:
     env = {
+        **extra_env,
         **os.environ,
         "TIMERCTL_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
         "TIMERCTL_TOPIC": settings.topic,
         "TIMERCTL_DB": settings.db_path,
         "TIMERCTL_CONFIG": os.devnull,
         "TEST_GROUP": group,
+        "TEST_POLL_INTERVAL_MS": str(TEST_POLL_INTERVAL_MS),
     }
     with open(log, "ab") as out:
         return subprocess.Popen([sys.executable, "-c", ENTRY], env=env, stdout=out, stderr=subprocess.STDOUT)
@@ -297,14 +325,13 @@ def test_process_killed_mid_ingest_restarts_without_loss_and_stops_on_sigterm(
             submit(settings.kafka_bootstrap, settings.topic, chunk)
         process.kill()  # mid-ingest: batches polled but not yet stored or committed
         assert process.wait(10) == -signal.SIGKILL
-        killed_at = count_rows(db)
+        assert count_rows(db) < 2500
         for chunk in chunks[5:]:
             submit(settings.kafka_bootstrap, settings.topic, chunk)
-        assert killed_at < 5000
 
         process = start_consumer_process(settings, group, log)
         wait_for(lambda: count_rows(db) == 5000, 45, "all 5000 timers after the restart")
-        wait_for(lambda: fully_committed(settings.kafka_bootstrap, settings.topic, group), 15, "commits")
+        wait_fully_committed(settings.kafka_bootstrap, settings.topic, group, 5000)
 
         process.send_signal(signal.SIGTERM)
         assert process.wait(15) == 0, log.read_text()
@@ -318,27 +345,15 @@ def test_process_killed_mid_ingest_restarts_without_loss_and_stops_on_sigterm(
         assert {t.timer_id for t in store.list(limit=10_000)} == {f"k-{i}" for i in range(5000)}
     finally:
         store.close()
-    assert fully_committed(settings.kafka_bootstrap, settings.topic, group)
+    wait_fully_committed(settings.kafka_bootstrap, settings.topic, group, 5000)
     assert "consumer stopped" in log.read_text()
 
 
-def ids_below_committed(bootstrap: str, topic: str, group: str) -> set[str]:
-    """The keys of every record before ``group``'s committed offset, over all partitions."""
-    committed, ends = offsets(bootstrap, topic, group)
-    reader = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest")
-    try:
-        reader.assign([TopicPartition(topic, p) for p in range(TOPIC_PARTITIONS)])
-        seen: dict[int, list[Any]] = {p: [] for p in ends}
-
-        def read() -> bool:
-            for tp, records in reader.poll(timeout_ms=200).items():
-                seen[tp.partition].extend(records)
-            return all(len(seen[p]) >= end for p, end in ends.items())
-
-        wait_for(read, 20, f"every record of {topic}")
-    finally:
-        reader.close(autocommit=False)
-    return {r.key.decode() for p, records in seen.items() for r in records if r.offset < (committed[p] or 0)}
+def ids_below_committed(bootstrap: str, topic: str, group: str, total: int) -> set[str]:
+    """The keys of the records before ``group``'s committed offset in their partition."""
+    committed = committed_offsets(bootstrap, topic, group)
+    records = read_topic(bootstrap, topic, total)
+    return {r.key.decode() for r in records if r.offset < (committed[r.partition] or 0)}
 
 
 def test_sigterm_mid_ingest_finishes_the_batch_commits_and_exits_0(
@@ -346,20 +361,24 @@ def test_sigterm_mid_ingest_finishes_the_batch_commits_and_exits_0(
 ) -> None:
     db, log = Path(settings.db_path), tmp_path / "consumer.log"
     submit(settings.kafka_bootstrap, settings.topic, make_timers(5000, prefix="s"))
-    process = start_consumer_process(settings, group, log)
-    try:
-        wait_for(lambda: db.exists() and count_rows(db) >= 500, 30, "ingest to start")
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(15) == 0, log.read_text()
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(10)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as systemd:
+        systemd.bind(str(tmp_path / "notify.sock"))
+        process = start_consumer_process(settings, group, log, NOTIFY_SOCKET=str(tmp_path / "notify.sock"))
+        try:
+            wait_for(lambda: db.exists() and count_rows(db) >= 500, 30, "ingest to start")
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(15) == 0, log.read_text()
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait(10)
+        systemd.settimeout(1)
+        assert [systemd.recv(64), systemd.recv(64)] == [b"READY=1", b"STOPPING=1"]
     store = SqliteStore(str(db))
     try:
         stored = {t.timer_id for t in store.list(limit=10_000)}
     finally:
         store.close()
     # Exactly what was stored was committed: nothing stored is left to replay, nothing committed is missing.
-    assert stored == ids_below_committed(settings.kafka_bootstrap, settings.topic, group)
+    assert stored == ids_below_committed(settings.kafka_bootstrap, settings.topic, group, 5000)
     assert "consumer stopped" in log.read_text()

@@ -9,9 +9,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from kafka import KafkaConsumer, TopicPartition
 
-from tests.fixtures_kafka import TOPIC_PARTITIONS, TansuBroker, free_port, wait_for
+from tests.fixtures_kafka import TansuBroker, free_port, read_topic
 from timerctl.model import BackendUnavailable, InvalidInput, Status, Timer
 from timerctl.queue.kafka import (
     MAX_DEAD_LETTER_VALUE,
@@ -126,24 +125,6 @@ def test_dead_letter_keeps_text_or_base64_and_cuts_huge_values() -> None:
 # --- against the broker -------------------------------------------------------------------------------
 
 
-def read_all(bootstrap: str, topic: str, expected: int, partitions: int = TOPIC_PARTITIONS) -> list[Any]:
-    """Every record of ``topic`` (manual assignment, no group), waiting until ``expected`` arrived."""
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest")
-    try:
-        consumer.assign([TopicPartition(topic, p) for p in range(partitions)])
-        records: list[Any] = []
-
-        def more() -> bool:
-            for batch in consumer.poll(timeout_ms=200).values():
-                records.extend(batch)
-            return len(records) >= expected
-
-        wait_for(more, 20, f"{expected} records on {topic}")
-        return records
-    finally:
-        consumer.close(autocommit=False)
-
-
 def test_submit_publishes_keyed_records_acknowledged_by_all(kafka_bootstrap: str, kafka_topic: str) -> None:
     queue = KafkaQueue(kafka_bootstrap, kafka_topic)
     timers = [make_timer(f"sub-{i}", payload={"i": i}) for i in range(50)]
@@ -153,7 +134,7 @@ def test_submit_publishes_keyed_records_acknowledged_by_all(kafka_bootstrap: str
         assert queue._producer.config["acks"] == -1  # "all": every in-sync replica
     finally:
         queue.close()
-    records = read_all(kafka_bootstrap, kafka_topic, 51)
+    records = read_topic(kafka_bootstrap, kafka_topic, 51)
     assert len(records) == 51
     by_id = {r.key.decode(): r for r in records if decode(r.value).op == "create"}
     assert set(by_id) == {t.timer_id for t in timers}

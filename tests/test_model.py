@@ -322,8 +322,11 @@ def test_validate_timer_id_rejects(timer_id: Any) -> None:
         pytest.param(None, None, id="none"),
         pytest.param({"a": [1, 2.5, True, None]}, '{"a":[1,2.5,true,null]}', id="compact"),
         pytest.param("caf\u00e9", '"caf\u00e9"', id="unicode-kept"),
-        pytest.param(json.loads(json_string_of_bytes(MAX_PAYLOAD_BYTES)), json_string_of_bytes(MAX_PAYLOAD_BYTES),
-                     id="exactly-64KiB"),
+        pytest.param(
+            json.loads(json_string_of_bytes(MAX_PAYLOAD_BYTES)),
+            json_string_of_bytes(MAX_PAYLOAD_BYTES),
+            id="exactly-64KiB",
+        ),
     ],
 )
 def test_encode_payload_accepts(payload: Any, text: str | None) -> None:
@@ -480,7 +483,9 @@ STORED = TimerSpec(URL, delay=timedelta(seconds=90), payload={"a": 1, "b": [1, 2
             id="other-instant",
         ),
         pytest.param(TimerSpec(URL, delay=timedelta(seconds=90), payload={"a": 2, "b": [1, 2]}), False, id="payload"),
-        pytest.param(TimerSpec(URL, delay=timedelta(seconds=90), payload={"a": 1, "b": [2, 1]}), False, id="list-order"),
+        pytest.param(
+            TimerSpec(URL, delay=timedelta(seconds=90), payload={"a": 1, "b": [2, 1]}), False, id="list-order"
+        ),
         pytest.param(
             TimerSpec(URL, delay=timedelta(seconds=90), payload={"a": True, "b": [1, 2]}), False, id="true-is-not-1"
         ),
@@ -505,7 +510,8 @@ def test_spec_matches(spec: TimerSpec, matches: bool) -> None:
         pytest.param({"hours": 1, "minutes": 59}, TimerSpec(URL, delay=timedelta(hours=1, minutes=59)), id="hms"),
         pytest.param({"seconds": 0}, TimerSpec(URL, delay=timedelta(0)), id="hms-zero"),
         pytest.param(
-            {"delay": "0s", "payload": [1], "timer_id": "k"}, TimerSpec(URL, delay=timedelta(0), payload=[1], timer_id="k"),
+            {"delay": "0s", "payload": [1], "timer_id": "k"},
+            TimerSpec(URL, delay=timedelta(0), payload=[1], timer_id="k"),
             id="payload-and-id",
         ),
     ],
@@ -650,7 +656,12 @@ def test_record_round_trip(timer: Timer) -> None:
 def test_from_record_accepts_public_json_and_defaults() -> None:
     timer = make(payload=[1])
     assert Timer.from_record(timer.to_json(NOW)) == timer
-    minimal = {"timerId": "t-1", "webhookUrl": URL, "expiryTime": "2030-01-01T12:01:00Z", "createdAt": "2030-01-01T11:00Z"}
+    minimal = {
+        "timerId": "t-1",
+        "webhookUrl": URL,
+        "expiryTime": "2030-01-01T12:01:00Z",
+        "createdAt": "2030-01-01T11:00Z",
+    }
     assert Timer.from_record(minimal) == make()
 
 

@@ -154,9 +154,7 @@ def test_record_under_the_wrong_key_is_a_miss_and_deleted(
     assert cache.get("other") is not None
 
 
-def test_put_many_caches_every_timer_with_its_ttl(
-    cache: RedisCache, client: redis.Redis, now: datetime
-) -> None:
+def test_put_many_caches_every_timer_with_its_ttl(cache: RedisCache, client: redis.Redis, now: datetime) -> None:
     timers = [make_timer(now, f"bulk-{i}", expiry_in=100 * (i + 1)) for i in range(50)]
     timers[7] = replace(timers[7], status=Status.CANCELLED)
     cache.put_many(iter(timers), now)

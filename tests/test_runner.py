@@ -15,13 +15,14 @@ from typing import Any
 
 import pytest
 
+from tests.fixtures_http import Receiver, wait_until
 from timerctl import __version__
 from timerctl.config import Settings, load_settings
 from timerctl.daemons.lifecycle import StopFlag
 from timerctl.daemons.runner import Runner
+from timerctl.delivery import Attempt, Deliverer
 from timerctl.model import Status, Timer, parse_instant, utc
 from timerctl.stores.sqlite import SqliteStore
-from tests.fixtures_http import Receiver, wait_until
 
 #: Small values so a test takes a second or two; every test may override some of them.
 FAST = {
@@ -71,10 +72,37 @@ def store(tmp_path: Path) -> Iterator[SqliteStore]:
     db.close()
 
 
+class CountingDeliverer(Deliverer):
+    """The real Deliverer, also noting each POST as it starts (the receiver only sees it once answered)."""
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(
+            request_timeout=settings.request_timeout,
+            connect_timeout=settings.connect_timeout,
+            concurrency=settings.concurrency,
+            per_host=settings.per_host_concurrency,
+        )
+        self.started: list[str] = []
+
+    async def deliver(self, timer: Timer, attempt: int, fired_at: datetime) -> Attempt:
+        self.started.append(timer.timer_id)
+        return await super().deliver(timer, attempt, fired_at)
+
+
+class NoRenewRunner(Runner):
+    """A runner whose lease renewals never land, as when its store stalls for longer than the lease."""
+
+    def renew(self) -> None:
+        return None
+
+
 @contextmanager
-def running(settings: Settings) -> Iterator[Runner]:
-    """A daemon runner on its own store connection, in a thread; stopped and joined on exit."""
-    runner = Runner(settings, SqliteStore(settings.db_path))
+def running(settings: Settings, runner_class: type[Runner] = Runner) -> Iterator[Runner]:
+    """A daemon runner on its own store connection, in a thread; stopped and joined on exit.
+
+    Its deliverer is a ``CountingDeliverer``, so ``runner.deliverer.started`` lists the POSTs begun.
+    """
+    runner = runner_class(settings, SqliteStore(settings.db_path), deliverer=CountingDeliverer(settings))
     stop = StopFlag()
     codes: list[int] = []
     thread = threading.Thread(target=lambda: codes.append(runner.run(stop)), name="test-runner", daemon=True)
@@ -87,6 +115,11 @@ def running(settings: Settings) -> Iterator[Runner]:
         runner.store.close()
         assert not thread.is_alive(), "runner did not stop within 15s"
     assert codes == [0]
+
+
+def started(runner: Runner) -> list[str]:
+    assert isinstance(runner.deliverer, CountingDeliverer)
+    return list(runner.deliverer.started)
 
 
 def statuses(store: SqliteStore, ids: list[str]) -> dict[str, Status]:
@@ -190,7 +223,9 @@ def test_overdue_timers_fire_at_start_oldest_first(tmp_path: Path, store: Sqlite
     ages = {"t-c": 5, "t-a": 4, "t-e": 3, "t-b": 2, "t-d": 1}
     store.insert_many([make_timer(tid, receiver.url("/late"), start - timedelta(seconds=s)) for tid, s in ages.items()])
 
-    runner = Runner(settings_for(tmp_path, concurrency=1, per_host_concurrency=1), SqliteStore(str(tmp_path / "timers.db")))
+    runner = Runner(
+        settings_for(tmp_path, concurrency=1, per_host_concurrency=1), SqliteStore(str(tmp_path / "timers.db"))
+    )
     try:
         assert runner.run(burst=True) == 0
     finally:
@@ -226,16 +261,39 @@ def test_a_delivery_longer_than_the_lease_is_not_fired_twice(
     store.insert(make_timer("t-slow", receiver.url("/slow"), now()))
     settings = settings_for(tmp_path, lease=1, poll_interval="0.05")
 
+    owners: set[str | None] = set()
+
+    def finished() -> Timer | None:
+        timer = store.get("t-slow")
+        assert timer is not None
+        owners.add(timer.lease_owner)
+        return timer if timer.status is Status.FINISHED else None
+
     with running(settings) as first:
         wait_until(lambda: (t := store.get("t-slow")) and t.lease_owner == first.owner, timeout=5)
         with running(settings) as second:
-            done = wait_until(lambda: (t := store.get("t-slow")) and t.status is Status.FINISHED and t, timeout=8)
-            # The second runner polled all along; a lost lease would have shown up by now.
-            assert second.fired == 0
+            done = wait_until(finished, timeout=8)
 
-    assert first.fired == 1
-    assert len(receiver.requests) == 1
+    assert started(first) == ["t-slow"]
+    assert started(second) == []
+    assert owners <= {first.owner, None}, "the lease never changed hands"
+    assert [r.json["attempt"] for r in receiver.requests] == [1]
     assert done.attempts == 1
+
+
+def test_a_lapsed_lease_does_not_make_a_runner_fire_its_own_delivery_again(
+    tmp_path: Path, store: SqliteStore, receiver: Receiver
+) -> None:
+    receiver.hang("/slow", 2.5)
+    store.insert(make_timer("t-lapsed", receiver.url("/slow"), now()))
+
+    with running(settings_for(tmp_path, lease=1), NoRenewRunner) as runner:
+        done = wait_until(lambda: (t := store.get("t-lapsed")) and t.status is Status.FINISHED and t, timeout=8)
+
+    # The lease ran out mid-delivery and the runner claimed the timer again, but it was already firing.
+    assert started(runner) == ["t-lapsed"]
+    assert done.attempts == 1
+    assert len(receiver.wait_for(1, timeout=1)) == 1
 
 
 def test_stop_releases_unstarted_claims_and_waits_for_inflight(
@@ -244,21 +302,10 @@ def test_stop_releases_unstarted_claims_and_waits_for_inflight(
     receiver.hang("/slow", 1.0)
     store.insert(make_timer("t-inflight", receiver.url("/slow"), now()))
     store.insert(make_timer("t-ahead", receiver.url("/ahead"), now() + timedelta(seconds=20)))
-    settings = settings_for(tmp_path, lookahead=30)
-    runner = Runner(settings, SqliteStore(settings.db_path))
-    stop = StopFlag()
-    thread = threading.Thread(target=runner.run, args=(stop,), daemon=True)
-    thread.start()
-    try:
+    with running(settings_for(tmp_path, lookahead=30)) as runner:
         wait_until(lambda: all_in(store, ["t-inflight", "t-ahead"], Status.RUNNING), timeout=5)
-        wait_until(lambda: runner.fired == 0 and runner._inflight, timeout=5, message="delivery in flight")
-        stop.request()
-        thread.join(timeout=10)
-        assert not thread.is_alive()
-    finally:
-        stop.request()
-        thread.join(timeout=10)
-        runner.store.close()
+        wait_until(lambda: started(runner) == ["t-inflight"], timeout=5, message="the delivery to start")
+        assert receiver.requests == []
 
     assert [r.path for r in receiver.requests] == ["/slow"]
     assert statuses(store, ["t-inflight", "t-ahead"]) == {"t-inflight": Status.FINISHED, "t-ahead": Status.SCHEDULED}

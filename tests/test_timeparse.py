@@ -75,7 +75,9 @@ def test_parse_duration_rejects(text: str, fragment: str) -> None:
         pytest.param("2030-01-01T12:00:00Z", UTC_ZONE, datetime(2030, 1, 1, 12, tzinfo=UTC), id="zulu"),
         pytest.param("2030-01-01T12:00:00z", UTC_ZONE, datetime(2030, 1, 1, 12, tzinfo=UTC), id="lower-zulu"),
         pytest.param("2030-01-01T12:00:00+01:00", UTC_ZONE, datetime(2030, 1, 1, 11, tzinfo=UTC), id="plus-offset"),
-        pytest.param("2030-01-01T12:00:00-05:30", UTC_ZONE, datetime(2030, 1, 1, 17, 30, tzinfo=UTC), id="minus-offset"),
+        pytest.param(
+            "2030-01-01T12:00:00-05:30", UTC_ZONE, datetime(2030, 1, 1, 17, 30, tzinfo=UTC), id="minus-offset"
+        ),
         pytest.param(
             "2030-01-01T12:00:00+01:00", NEW_YORK, datetime(2030, 1, 1, 11, tzinfo=UTC), id="offset-beats-local-zone"
         ),

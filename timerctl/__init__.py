@@ -1,8 +1,5 @@
 """timerctl: durable webhook timers for operators."""
 
-from importlib.metadata import PackageNotFoundError, version
+from timerctl._version import __version__
 
-try:
-    __version__ = version("timerctl")
-except PackageNotFoundError:  # running from a source tree that was never installed
-    __version__ = "0.0.0"
+__all__ = ["__version__"]

@@ -16,7 +16,16 @@ from typing import Any
 
 from timerctl.cache import Cache, NoCache
 from timerctl.config import Settings
-from timerctl.model import BackendUnavailable, Conflict, InvalidInput, NotFound, Status, Timer, TimerSpec
+from timerctl.model import (
+    BackendUnavailable,
+    Conflict,
+    InvalidInput,
+    NotFound,
+    Status,
+    Timer,
+    TimerSpec,
+    validate_timer_id,
+)
 from timerctl.queue import Queue, open_queue
 from timerctl.stores import Store, open_store
 
@@ -97,11 +106,12 @@ class TimerService:
         Conflict when the id exists with a different spec; BackendUnavailable when the queue is down.
         """
         now = self.clock()
-        timer = spec.resolve(now, self.settings.horizon)
         if spec.timer_id is not None:
-            existing = self._lookup(spec.timer_id)
+            # Looked up before the time checks: a retried `--at T` after T must still find its timer.
+            existing = self._lookup(validate_timer_id(spec.timer_id))
             if existing is not None:
                 return _same_or_conflict(spec, existing)
+        timer = spec.resolve(now, self.settings.horizon)
         stored = self.queue.submit([timer])[0]
         if spec.timer_id is not None and stored is not timer and stored != timer:
             # Another client created the same id between our lookup and our insert.

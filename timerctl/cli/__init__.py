@@ -7,6 +7,7 @@ import sys
 from typing import Annotated
 
 import typer
+from typer._click import exceptions as click_errors  # typer >= 0.27 vendors click
 
 from timerctl import __version__
 from timerctl.cli import timers
@@ -53,11 +54,15 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point: usage errors become one ``error:`` line and exit 2, like every other bad input."""
     try:
         code = app(args=argv, standalone_mode=False)
-    except typer.TyperException as exc:  # click's usage errors, vendored by typer
-        ctx = getattr(exc, "ctx", None)
-        hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+    except click_errors.NoArgsIsHelpError:
+        sys.exit(2)  # the help was printed; there is nothing more to say
+    except click_errors.UsageError as exc:
+        hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
         typer.echo(f"error: {exc.format_message()}{hint}", err=True)
-        sys.exit(2 if exc.exit_code == 2 else 1)
+        sys.exit(2)
+    except click_errors.ClickException as exc:
+        typer.echo(f"error: {exc.format_message()}", err=True)
+        sys.exit(exc.exit_code)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except typer.Abort:

@@ -9,19 +9,16 @@ import statistics
 import tempfile
 import threading
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.live import Live
 from rich.table import Table
 
 from timerctl.cli.common import fail, out, status_text
 from timerctl.config import load_settings
-from timerctl.daemons.lifecycle import StopFlag
-from timerctl.daemons.runner import Runner
 from timerctl.model import Status, TimerSpec, parse_instant
 from timerctl.service import TimerService
 from timerctl.stores.sqlite import SqliteStore
@@ -47,6 +44,11 @@ def demo(
     spread: Annotated[float, typer.Option("--spread", min=1, max=60, help="Seconds over which they expire.")] = 5,
 ) -> None:
     """Create a few timers seconds out, fire them at a local receiver live, and report lateness."""
+    from rich.live import Live
+
+    from timerctl.daemons.lifecycle import StopFlag
+    from timerctl.daemons.runner import Runner
+
     received: dict[str, float] = {}
     handler = type("Receiver", (_Receiver,), {"received": received})
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
@@ -63,7 +65,7 @@ def demo(
         ids = []
         for i in range(count):
             delay = 1 + spread * (i + 1) / count
-            spec = TimerSpec(url, delay=__import__("datetime").timedelta(seconds=delay), payload={"demo": i + 1})
+            spec = TimerSpec(url, delay=timedelta(seconds=delay), payload={"demo": i + 1})
             ids.append(svc.create(spec).timer_id)
         deadline = time.monotonic() + spread + 20
         with Live(console=out, refresh_per_second=10, transient=False) as live:

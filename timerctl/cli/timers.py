@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Annotated, Any, TextIO
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from tzlocal import get_localzone
 
 from timerctl.cli.common import (
@@ -103,6 +102,8 @@ def _read_specs(stream: TextIO) -> Iterator[tuple[int, TimerSpec | InvalidInput]
 
 
 def _create_from_file(path: str) -> None:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
     try:
         stream: TextIO = (
             sys.stdin if path == "-" else open(path, encoding="utf-8", errors="strict")  # noqa: SIM115
@@ -166,9 +167,9 @@ def list_timers(
     as_json: JsonFlag = False,
 ) -> None:
     """List timers soonest expiry first."""
-    wanted = parse_status(status) if status else None
+    wanted = parse_status(status) if status is not None else None
     try:
-        due_before = now() + parse_duration(due_within) if due_within else None
+        due_before = now() + parse_duration(due_within) if due_within is not None else None
     except OverflowError:
         raise InvalidInput(f"--due-within {due_within!r} reaches past the year 9999") from None
     with service() as svc:

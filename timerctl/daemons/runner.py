@@ -18,6 +18,7 @@ import os
 import queue
 import random
 import socket
+import sys
 import threading
 import time
 import uuid
@@ -40,6 +41,8 @@ log = logging.getLogger(__name__)
 
 #: Upper bound on timers held in memory at once; beyond it claims wait for room.
 MAX_HELD = 50_000
+#: GIL switch interval while running (seconds); see ``Runner.run``.
+SWITCH_INTERVAL = 0.0005
 
 
 def default_owner() -> str:
@@ -85,6 +88,7 @@ class Runner:
         self._unwritten: list[tuple[Timer, Outcome]] = []
         self._pending: dict[str, asyncio.TimerHandle] = {}  # loop thread only
         self._inflight: set[asyncio.Task[None]] = set()  # loop thread only
+        self._firing: set[str] = set()  # ids being POSTed; loop thread only
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="timerctl-fire", daemon=True)
         self._scheduler = schedule.Scheduler()
@@ -96,6 +100,9 @@ class Runner:
     def run(self, stop: StopFlag | None = None, burst: bool = False) -> int:
         """Fire timers until ``stop`` is set (or, with ``burst``, until nothing is due); returns exit code 0."""
         stop = StopFlag() if stop is None else stop
+        # The firing thread must not wait the default 5 ms for the GIL while the main thread parses a
+        # claim batch: that wait would show up directly as lateness.
+        sys.setswitchinterval(SWITCH_INTERVAL)
         self._thread.start()
         asyncio.run_coroutine_threadsafe(self.deliverer.start(), self._loop).result()
         _every(self._scheduler, self.settings.poll_interval).do(self.claim)
@@ -222,8 +229,8 @@ class Runner:
     def _schedule_fire(self, timers: list[Timer]) -> None:
         now = self.clock()
         for timer in timers:
-            if timer.timer_id in self._pending:
-                continue
+            if timer.timer_id in self._pending or timer.timer_id in self._firing:
+                continue  # a re-claim of our own (its lease lapsed) must not start a second POST
             delay = max(0.0, (timer.due_at - now).total_seconds())
             self._pending[timer.timer_id] = self._loop.call_later(delay, self._fire, timer)
 
@@ -235,6 +242,7 @@ class Runner:
 
     def _fire(self, timer: Timer) -> None:
         self._pending.pop(timer.timer_id, None)
+        self._firing.add(timer.timer_id)
         task = self._loop.create_task(self._deliver(timer))
         self._inflight.add(task)
         task.add_done_callback(self._inflight.discard)
@@ -256,6 +264,7 @@ class Runner:
             extra={"timer_id": timer.timer_id, "event": "fired", "lateness": lateness, "status": outcome.status.value},
         )
         self.fired += 1
+        self._firing.discard(timer.timer_id)  # before the outcome is out, so a retry claimed at once can fire
         self._outcomes.put((timer, outcome))
 
     async def _take_unstarted(self) -> list[str]:

@@ -17,7 +17,7 @@ import contextlib
 import json
 import re
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -50,6 +50,8 @@ PRODUCER_CONFIG: dict[str, Any] = {
     "reconnect_backoff_ms": 100,
     "reconnect_backoff_max_ms": 1000,
 }
+#: Records sent per flush by ``submit``: about a second of producer work, far inside delivery_timeout_ms.
+SUBMIT_CHUNK = 10_000
 #: Seconds ``submit`` waits for acknowledgements before giving up (beyond ``delivery_timeout_ms``).
 FLUSH_TIMEOUT = 9.0
 CLOSE_TIMEOUT = 2.0
@@ -164,8 +166,8 @@ def encode_dead_letter(reason: str, topic: str, partition: int, offset: int, val
 
 
 def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {text}" if text and text != type(exc).__name__ else type(exc).__name__
+    name, text = type(exc).__name__, " ".join(str(exc).split())
+    return text if text.startswith(name) else f"{name}: {text}" if text else name
 
 
 def unavailable(bootstrap: str, exc: BaseException) -> BackendUnavailable:
@@ -198,7 +200,7 @@ class KafkaQueue:
                 self._producer = new_producer(self.bootstrap)
             return self._producer
 
-    def _publish(self, records: Sequence[tuple[bytes, bytes]]) -> None:
+    def _publish(self, records: Iterable[tuple[bytes, bytes]]) -> None:
         """Send every (key, value) and return once the broker acknowledged all of them."""
         producer = self._connect()
         try:
@@ -211,9 +213,16 @@ class KafkaQueue:
                 raise unavailable(self.bootstrap, future.exception)
 
     def submit(self, timers: Sequence[Timer]) -> list[Timer]:
-        """The timers, once every create record is acknowledged by all in-sync replicas."""
-        if timers:
-            self._publish([(record_key(t.timer_id), encode_create(t)) for t in timers])
+        """The timers, once every create record is acknowledged by all in-sync replicas.
+
+        On BackendUnavailable the records of earlier chunks (and some of the failed one) may already be
+        published; submitting them again is harmless, as the consumer keeps the first write of an id.
+        """
+        # Chunked: a record still queued in the producer when delivery_timeout_ms has passed since it was
+        # queued fails, so one huge send-then-flush would fail on a healthy but merely busy broker.
+        for start in range(0, len(timers), SUBMIT_CHUNK):
+            chunk = timers[start : start + SUBMIT_CHUNK]
+            self._publish((record_key(t.timer_id), encode_create(t)) for t in chunk)
         return list(timers)
 
     def submit_cancel(self, timer_id: str) -> None:
