@@ -123,7 +123,7 @@ class Consumer:
                 heartbeat_interval_ms=session_ms // 3,
                 # A join may be held by the broker for up to max_poll_interval_ms: wait longer than that.
                 request_timeout_ms=self.max_poll_interval_ms + 5000,
-                api_version_auto_timeout_ms=3000,
+                api_version_auto_timeout_ms=2000,
                 reconnect_backoff_max_ms=1000,
             )
             self.consumer.subscribe([self.topic])
