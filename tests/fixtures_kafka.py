@@ -115,6 +115,7 @@ class TansuBroker:
             process.kill()
             process.wait(timeout)
         wait_for(lambda: not accepts_connections("127.0.0.1", self.port), timeout, "the port to close")
+        self.log_path.unlink(missing_ok=True)
 
     def restart(self) -> None:
         """Stop then start on the same port: an empty broker (memory storage loses everything)."""

@@ -78,7 +78,10 @@ class TargetPolicy:
         for net in ALWAYS_BLOCKED:
             if net.version == candidate.version and candidate in net:
                 return f"target {host} resolves to {address}, in blocked range {net}"
-        if candidate.is_multicast or candidate.is_unspecified or candidate.is_reserved or candidate.is_link_local:
+        # ::1 lies in the IETF-reserved ::/8, so is_reserved would refuse it: loopback is block_private's call.
+        if not candidate.is_loopback and (
+            candidate.is_multicast or candidate.is_unspecified or candidate.is_reserved or candidate.is_link_local
+        ):
             return f"target {host} resolves to {address}, a reserved/link-local/multicast address"
         if self.block_private:
             for net in PRIVATE:

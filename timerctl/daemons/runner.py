@@ -93,7 +93,12 @@ class Runner:
         self._thread = threading.Thread(target=self._loop.run_forever, name="timerctl-fire", daemon=True)
         self._scheduler = schedule.Scheduler()
         self._store_down = backoff(first=0.5, cap=10.0)
+        self._claim_soon = threading.Event()
         self.fired = 0
+
+    def wake(self) -> None:
+        """Ask the main loop to claim now (thread-safe): new near-term timers are in the store."""
+        self._claim_soon.set()
 
     # -- main thread ------------------------------------------------------------------------------
 
@@ -116,6 +121,9 @@ class Runner:
             self.claim()
             while not stop:
                 self._scheduler.run_pending()
+                if self._claim_soon.is_set():
+                    self._claim_soon.clear()
+                    self.claim()
                 self.flush(timeout=min(0.05, max(0.0, self._scheduler.idle_seconds or 0.05)))
                 if burst and not self.held and self.claim() == 0:
                     break
@@ -305,8 +313,18 @@ def serve(settings: Settings, stop: StopFlag, store: Store | None = None, cache:
 
     store = store or open_store(settings)
     cache = cache or open_cache(settings, log.warning)
+    runner = Runner(settings, store, cache)
+    feed_thread = None
+    if settings.kafka_bootstrap:
+        from timerctl.daemons.feed import NearTermFeed
+
+        window = timedelta(seconds=max(10.0, 2 * settings.lookahead))
+        feed_thread = NearTermFeed(settings, store, runner.clock, runner.wake, window).start(stop)
     try:
-        return Runner(settings, store, cache).run(stop)
+        return runner.run(stop)
     finally:
+        stop.stopping.set()
+        if feed_thread is not None:
+            feed_thread.join(timeout=15)
         cache.close()
         store.close()
