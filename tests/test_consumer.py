@@ -223,7 +223,7 @@ def test_store_down_commits_nothing_then_stores_everything_once(
 ) -> None:
     submit(settings.kafka_bootstrap, settings.topic, make_timers(300))
     flaky = FlakyStore(store, failures=2)
-    consumer = Consumer(settings, flaky, group_id=group, max_poll_interval_ms=TEST_POLL_INTERVAL_MS)  # type: ignore[arg-type]
+    consumer = Consumer(settings, flaky, group_id=group, max_poll_interval_ms=TEST_POLL_INTERVAL_MS)
     try:
 
         def attempt() -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -164,7 +165,8 @@ def test_ping_answers_when_the_broker_is_up(kafka_bootstrap: str, kafka_topic: s
 
 def test_unreachable_broker_is_backend_unavailable_within_10s() -> None:
     bootstrap = f"127.0.0.1:{free_port()}"
-    for call in (lambda q: q.submit([make_timer()]), lambda q: q.ping()):
+    calls: list[Callable[[KafkaQueue], object]] = [lambda q: q.submit([make_timer()]), lambda q: q.ping()]
+    for call in calls:
         queue = KafkaQueue(bootstrap, "timers")
         started = time.monotonic()
         with pytest.raises(BackendUnavailable) as caught:

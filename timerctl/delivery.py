@@ -136,7 +136,9 @@ class Deliverer:
 
     async def start(self) -> None:
         """Create the session and semaphores inside the running event loop."""
-        connector = aiohttp.TCPConnector(limit=self._concurrency, limit_per_host=self._per_host_limit)
+        # No per-host limit in the connector: it keys on the pinned address, so names sharing an ingress
+        # address would queue behind each other there; the per-name semaphores below are the bound.
+        connector = aiohttp.TCPConnector(limit=self._concurrency, limit_per_host=0)
         self._session = aiohttp.ClientSession(
             connector=connector, timeout=self._timeout, auto_decompress=False, skip_auto_headers=("Accept-Encoding",)
         )
@@ -155,7 +157,8 @@ class Deliverer:
         parts = urlsplit(timer.webhook_url)
         host = parts.hostname or ""
         started = time.perf_counter()
-        async with self._overall, self._hosts[host]:
+        # The host's slot first: a POST queued behind a busy host must not hold an overall slot meanwhile.
+        async with self._hosts[host], self._overall:
             try:
                 url, server_name = timer.webhook_url, None
                 if self.guard is not None:

@@ -6,11 +6,13 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import typer
-from rich.console import Console
-from rich.table import Table
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.table import Table
 
 from timerctl.config import Settings, load_settings
 from timerctl.model import Timer, TimerError, format_instant
@@ -22,8 +24,12 @@ R = TypeVar("R")
 
 EXIT_OK, EXIT_NOT_FOUND, EXIT_INVALID, EXIT_UNAVAILABLE, EXIT_CONFLICT = 0, 1, 2, 3, 4
 
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+@functools.cache
+def out() -> "Console":
+    """The console for people-facing output on stdout, made on first use (rich is slow to import)."""
+    from rich.console import Console
+
+    return Console(highlight=False, soft_wrap=True)
 
 STATUS_STYLE = {
     "Scheduled": "cyan",
@@ -88,8 +94,10 @@ def status_text(status: str) -> str:
     return f"[{STATUS_STYLE.get(status, 'white')}]{status}[/]"
 
 
-def timer_table(timer: Timer, at: datetime) -> Table:
+def timer_table(timer: Timer, at: datetime) -> "Table":
     """One timer as a two-column table for people."""
+    from rich.table import Table
+
     data = timer.to_json(at)
     table = Table(show_header=False, box=None, pad_edge=False)
     table.add_column(style="bold")
@@ -110,8 +118,10 @@ def timer_table(timer: Timer, at: datetime) -> Table:
     return table
 
 
-def timers_table(timers: list[Timer], at: datetime) -> Table:
+def timers_table(timers: list[Timer], at: datetime) -> "Table":
     """Many timers as a table sorted as given (the store sorts by expiry)."""
+    from rich.table import Table
+
     table = Table(title=f"{len(timers)} timer(s)")
     for name in ("timerId", "status", "expiryTime", "timeLeft", "attempts", "webhookUrl"):
         table.add_column(name, overflow="fold")

@@ -10,12 +10,10 @@ import tempfile
 import threading
 import time
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
-from rich.table import Table
 
 from timerctl.cli.common import fail, out, status_text
 from timerctl.config import load_settings
@@ -25,18 +23,21 @@ from timerctl.stores.sqlite import SqliteStore
 from timerctl.timeparse import format_duration
 
 
-class _Receiver(BaseHTTPRequestHandler):
-    received: dict[str, float]
+def _receiver_server(received: dict[str, float]) -> Any:
+    """A local HTTP server recording when each timer's POST arrived."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-    def do_POST(self) -> None:
-        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-        received_at = time.time()
-        self.received[json.loads(body)["timerId"]] = received_at
-        self.send_response(204)
-        self.end_headers()
+    class Receiver(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            received[json.loads(body)["timerId"]] = time.time()
+            self.send_response(204)
+            self.end_headers()
 
-    def log_message(self, format: str, *args: object) -> None:
-        return None
+        def log_message(self, format: str, *args: object) -> None:
+            return None
+
+    return ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
 
 
 def demo(
@@ -45,13 +46,13 @@ def demo(
 ) -> None:
     """Create a few timers seconds out, fire them at a local receiver live, and report lateness."""
     from rich.live import Live
+    from rich.table import Table
 
     from timerctl.daemons.lifecycle import StopFlag
     from timerctl.daemons.runner import Runner
 
     received: dict[str, float] = {}
-    handler = type("Receiver", (_Receiver,), {"received": received})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server = _receiver_server(received)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{server.server_address[1]}/webhook"
     with tempfile.TemporaryDirectory(prefix="timerctl-demo-") as tmp:
@@ -68,7 +69,7 @@ def demo(
             spec = TimerSpec(url, delay=timedelta(seconds=delay), payload={"demo": i + 1})
             ids.append(svc.create(spec).timer_id)
         deadline = time.monotonic() + spread + 20
-        with Live(console=out, refresh_per_second=10, transient=False) as live:
+        with Live(console=out(), refresh_per_second=10, transient=False) as live:
             while True:
                 now = datetime.now(UTC)
                 timers = [store.get(t) for t in ids]
@@ -102,7 +103,7 @@ def demo(
     finished = sum(1 for t in final if t is not None and t.status is Status.FINISHED)
     if finished != count or not late_ms:
         raise fail(f"only {finished} of {count} timers were delivered", 1)
-    out.print(
+    out().print(
         f"[green]{finished}/{count} delivered[/]; lateness (receipt - expiryTime): "
         f"min {min(late_ms):.1f} ms, median {statistics.median(late_ms):.1f} ms, max {max(late_ms):.1f} ms. "
         f"Total {format_duration(spread + 1)} of waiting."

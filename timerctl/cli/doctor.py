@@ -32,6 +32,6 @@ def doctor(as_json: Annotated[bool, typer.Option("--json", help="Print machine-r
         for name, (backend, rtt, error) in parts.items():
             status = "[green]ok[/]" if error is None else f"[red]unreachable[/]: {error}"
             table.add_row(name, backend, status, f"{rtt * 1000:.1f} ms" if rtt is not None else "-")
-        out.print(table)
+        out().print(table)
     if down:
         raise typer.Exit(EXIT_UNAVAILABLE)

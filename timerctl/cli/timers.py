@@ -86,7 +86,7 @@ def create(
     if as_json:
         print_json(timer.to_json(now()))
     else:
-        out.print(timer_table(timer, now()))
+        out().print(timer_table(timer, now()))
 
 
 def _read_specs(stream: TextIO) -> Iterator[tuple[int, TimerSpec | InvalidInput]]:
@@ -154,7 +154,7 @@ def get(
     if as_json:
         print_json(timer.to_json(now()))
     else:
-        out.print(timer_table(timer, now()))
+        out().print(timer_table(timer, now()))
 
 
 @errors_to_exit_codes
@@ -177,7 +177,7 @@ def list_timers(
     if as_json:
         print_json([t.to_json(now()) for t in timers])
     else:
-        out.print(timers_table(timers, now()))
+        out().print(timers_table(timers, now()))
 
 
 @errors_to_exit_codes
@@ -191,4 +191,4 @@ def cancel(
     if as_json:
         print_json(timer.to_json(now()))
     else:
-        out.print(timer_table(timer, now()))
+        out().print(timer_table(timer, now()))
