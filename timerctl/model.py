@@ -10,7 +10,7 @@ import json
 import math
 import re
 import uuid
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 
 MAX_URL_LENGTH = 2048
 MAX_PAYLOAD_BYTES = 64 * 1024
+_URL_BAD_CHARS = re.compile(r"[\x00-\x20\x7f]")
 TIMER_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 DEFAULT_HORIZON = timedelta(days=365)
 
@@ -99,14 +100,17 @@ def utc(dt: datetime) -> datetime:
     """``dt`` in UTC truncated to milliseconds, the precision every store and the JSON form keep."""
     if dt.tzinfo is None:
         raise ValueError("naive datetime reached the core; parse with an offset first")
-    dt = dt.astimezone(UTC)
-    return dt.replace(microsecond=dt.microsecond // 1000 * 1000)
+    if dt.tzinfo is not UTC:
+        dt = dt.astimezone(UTC)
+    extra = dt.microsecond % 1000
+    return dt.replace(microsecond=dt.microsecond - extra) if extra else dt
 
 
 def format_instant(dt: datetime) -> str:
     """ISO-8601 UTC with milliseconds and ``Z``: ``2026-11-25T18:00:00.000Z``."""
-    dt = utc(dt)
-    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
+    if dt.tzinfo is not UTC:
+        dt = utc(dt)
+    return dt.replace(tzinfo=None).isoformat(timespec="milliseconds") + "Z"
 
 
 def parse_instant(text: str) -> datetime:
@@ -135,8 +139,13 @@ def validate_url(url: str) -> str:
         raise InvalidInput("webhook URL is empty; expected an absolute http(s) URL")
     if len(url) > MAX_URL_LENGTH:
         raise InvalidInput(f"webhook URL is {len(url)} characters; at most {MAX_URL_LENGTH} are accepted")
-    if any(ord(c) < 0x21 or ord(c) == 0x7F for c in url):
+    if _URL_BAD_CHARS.search(url):
         raise InvalidInput(f"webhook URL {url[:80]!r} contains whitespace or control characters")
+    if not url.isascii():
+        try:
+            url.encode()
+        except UnicodeEncodeError as exc:
+            raise InvalidInput(f"webhook URL {url[:80]!r} is not valid Unicode: {exc.reason}") from exc
     try:
         parts = urlsplit(url)
         host = parts.hostname
@@ -240,6 +249,10 @@ class TimerSpec:
         return self.expiry_time is not None and utc(self.expiry_time) == timer.expiry_time
 
 
+#: Sentinel default of ``Timer.due_at``: replaced by ``expiry_time`` on construction.
+_UNSET = datetime.min.replace(tzinfo=UTC)
+
+
 @dataclass(frozen=True, slots=True)
 class Timer:
     """One durable promise to POST ``payload`` to ``webhook_url`` at ``expiry_time``.
@@ -257,12 +270,12 @@ class Timer:
     attempts: int = 0
     fired_at: datetime | None = None
     last_error: str | None = None
-    due_at: datetime = field(default=datetime.min.replace(tzinfo=UTC))
+    due_at: datetime = _UNSET
     lease_owner: str | None = None
     lease_until: datetime | None = None
 
     def __post_init__(self) -> None:
-        if self.due_at == datetime.min.replace(tzinfo=UTC):
+        if self.due_at is _UNSET:
             object.__setattr__(self, "due_at", self.expiry_time)
 
     def time_left(self, now: datetime) -> int:

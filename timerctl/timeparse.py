@@ -14,6 +14,8 @@ from timerctl.model import InvalidInput, utc
 _UNITS = {"w": 604800.0, "d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
 _PART = re.compile(r"(\d+(?:\.\d+)?)(ms|w|d|h|m|s)")
 _ORDER = ["w", "d", "h", "m", "s", "ms"]
+_NUM = r"(\d+(?:\.\d+)?)"
+_WHOLE = re.compile("".join(f"(?:{_NUM}{u}{'(?!s)' if u == 'm' else ''})?" for u in _ORDER) + r"(?<=[a-z])")
 
 
 def parse_duration(text: str) -> timedelta:
@@ -27,6 +29,8 @@ def parse_duration(text: str) -> timedelta:
         raise InvalidInput(f"duration {text!r} is negative; expected 0s or more")
     if re.fullmatch(r"\d+(?:\.\d+)?", raw):
         return _delta(text, float(raw))
+    if fast := _WHOLE.fullmatch(raw):  # the common, well-formed case in one regex pass
+        return _delta(text, sum(float(v) * _UNITS[u] for u, v in zip(_ORDER, fast.groups(), strict=True) if v))
     pos, total, last = 0, 0.0, -1
     for match in _PART.finditer(raw):
         if match.start() != pos:

@@ -111,7 +111,8 @@ def _create_from_file(path: str) -> None:
     except OSError as exc:
         raise InvalidInput(f"cannot read {path!r}: {exc}") from None
     total = None
-    if path != "-" and sys.stderr.isatty():
+    live = sys.stderr.isatty()
+    if path != "-" and live:
         with open(path, "rb") as fh:
             total = sum(1 for line in fh if line.strip())
     bad = 0
@@ -120,19 +121,22 @@ def _create_from_file(path: str) -> None:
         BarColumn(),
         MofNCompleteColumn(),
         TimeRemainingColumn(),
-        disable=not sys.stderr.isatty(),
+        disable=not live,
         transient=True,
     )
     try:
         with progress, service() as svc:
             task = progress.add_task("create", total=total)
-            for result in svc.create_many(_read_specs(stream)):
+            at = now()
+            for n, result in enumerate(svc.create_many(_read_specs(stream)), start=1):
                 if result.timer is not None:
-                    sys.stdout.write(json.dumps(result.timer.to_json(now()), ensure_ascii=False) + "\n")
+                    sys.stdout.write(json.dumps(result.timer.to_json(at), ensure_ascii=False) + "\n")
                 else:
                     bad += 1
                     sys.stdout.write(json.dumps({"line": result.line, "error": result.error}) + "\n")
-                progress.advance(task)
+                if live and n % 100 == 0:
+                    progress.update(task, completed=n)
+                    at = now()
     except UnicodeDecodeError as exc:
         raise InvalidInput(f"{path!r} is not UTF-8 text: {exc.reason} at byte {exc.start}") from None
     finally:
