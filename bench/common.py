@@ -73,8 +73,17 @@ def report(name: str, rows: list[dict[str, Any]], columns: list[str]) -> Path:
     console.print(table)
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / f"{name}.json"
-    path.write_text(json.dumps({"name": name, "measuredAt": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                                "cpus": os.cpu_count(), "rows": rows}, indent=2))
+    path.write_text(
+        json.dumps(
+            {
+                "name": name,
+                "measuredAt": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "cpus": os.cpu_count(),
+                "rows": rows,
+            },
+            indent=2,
+        )
+    )
     console.print(f"wrote {path}")
     return path
 

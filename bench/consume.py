@@ -34,10 +34,12 @@ def main() -> None:
         produced = time.perf_counter()
         batch = 10_000
         for start in range(0, args.count, batch):
-            queue.submit([
-                Timer(f"c{i:08d}", "http://127.0.0.1:9/hook", now + timedelta(hours=1), now)
-                for i in range(start, min(args.count, start + batch))
-            ])
+            queue.submit(
+                [
+                    Timer(f"c{i:08d}", "http://127.0.0.1:9/hook", now + timedelta(hours=1), now)
+                    for i in range(start, min(args.count, start + batch))
+                ]
+            )
         produced = time.perf_counter() - produced
         queue.close()
         with tempfile.TemporaryDirectory(prefix="timerctl-bench-") as tmp:

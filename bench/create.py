@@ -24,7 +24,9 @@ def one_create(env: dict[str, str], runs: int) -> float:
         start = time.perf_counter()
         subprocess.run(
             [timerctl_bin(), "create", "--url", "http://127.0.0.1:9/hook", "--in", "1h", "--json"],
-            env=env, check=True, stdout=subprocess.DEVNULL,
+            env=env,
+            check=True,
+            stdout=subprocess.DEVNULL,
         )
         times.append(time.perf_counter() - start)
     return statistics.median(times)
@@ -37,8 +39,7 @@ def bulk(env: dict[str, str], count: int, tmp: Path) -> float:
         for i in range(count):
             fh.write(json.dumps({"url": "http://127.0.0.1:9/hook", "in": f"{3600 + i % 60}s"}) + "\n")
     start = time.perf_counter()
-    subprocess.run([timerctl_bin(), "create", "--from-file", str(path)], env=env, check=True,
-                   stdout=subprocess.DEVNULL)
+    subprocess.run([timerctl_bin(), "create", "--from-file", str(path)], env=env, check=True, stdout=subprocess.DEVNULL)
     return count / (time.perf_counter() - start)
 
 
@@ -52,15 +53,23 @@ def main() -> None:
     try:
         with tempfile.TemporaryDirectory(prefix="timerctl-bench-") as tmp:
             embedded = env_with(TIMERCTL_DB=str(Path(tmp) / "create.db"))
-            kafka = env_with(TIMERCTL_DB=str(Path(tmp) / "unused.db"), TIMERCTL_KAFKA_BOOTSTRAP=bootstrap,
-                             TIMERCTL_TOPIC="bench-create")
+            kafka = env_with(
+                TIMERCTL_DB=str(Path(tmp) / "unused.db"),
+                TIMERCTL_KAFKA_BOOTSTRAP=bootstrap,
+                TIMERCTL_TOPIC="bench-create",
+            )
             one_create(kafka, 1)  # the first produce creates the topic
             rows.append({"what": "create, embedded (median ms)", "value": one_create(embedded, args.runs) * 1000})
             rows.append({"what": "create, via Kafka (median ms)", "value": one_create(kafka, args.runs) * 1000})
-            rows.append({"what": f"--from-file {args.bulk:,} via Kafka (timers/s)",
-                         "value": bulk(kafka, args.bulk, Path(tmp))})
-            rows.append({"what": f"--from-file {args.bulk:,} embedded (timers/s)",
-                         "value": bulk(embedded, args.bulk, Path(tmp))})
+            rows.append(
+                {"what": f"--from-file {args.bulk:,} via Kafka (timers/s)", "value": bulk(kafka, args.bulk, Path(tmp))}
+            )
+            rows.append(
+                {
+                    "what": f"--from-file {args.bulk:,} embedded (timers/s)",
+                    "value": bulk(embedded, args.bulk, Path(tmp)),
+                }
+            )
     finally:
         if broker is not None:
             broker.terminate()

@@ -30,15 +30,21 @@ def run_once(count: int, rate: float, lead: float = 3.0) -> dict[str, Any]:
         receiver, url = start_receiver(out)
         store = SqliteStore(str(db))
         start = datetime.now(UTC) + timedelta(seconds=lead)
-        timers = [
-            Timer(f"b{i:07d}", url, start + timedelta(seconds=i / rate), datetime.now(UTC)) for i in range(count)
-        ]
+        timers = [Timer(f"b{i:07d}", url, start + timedelta(seconds=i / rate), datetime.now(UTC)) for i in range(count)]
         for i in range(0, count, 5000):
             store.insert_many(timers[i : i + 5000])
         store.close()
         expiry = {t.timer_id: t.expiry_time.timestamp() for t in timers}
         runner = subprocess.Popen(
-            [timerctl_bin(), "serve", "runner", "--log-level", os.environ.get("BENCH_LOG_LEVEL", "WARNING"), "--log-format", "json"],
+            [
+                timerctl_bin(),
+                "serve",
+                "runner",
+                "--log-level",
+                os.environ.get("BENCH_LOG_LEVEL", "WARNING"),
+                "--log-format",
+                "json",
+            ],
             env=env_with(TIMERCTL_DB=str(db), TIMERCTL_POLL_INTERVAL="0.2", TIMERCTL_LOOKAHEAD="2"),
         )
         window = count / rate
@@ -47,9 +53,12 @@ def run_once(count: int, rate: float, lead: float = 3.0) -> dict[str, Any]:
         try:
             while time.time() < deadline:
                 counts = check.counts()
-                if sum(counts.values()) - counts[next(s for s in counts if s.value == "Scheduled")] - counts[
-                    next(s for s in counts if s.value == "Running")
-                ] >= count:
+                if (
+                    sum(counts.values())
+                    - counts[next(s for s in counts if s.value == "Scheduled")]
+                    - counts[next(s for s in counts if s.value == "Running")]
+                    >= count
+                ):
                     break
                 time.sleep(0.5)
         finally:

@@ -19,10 +19,9 @@ from pathlib import Path
 from common import env_with, report, timerctl_bin
 
 from timerctl.config import load_settings
-from timerctl.model import TimerSpec
+from timerctl.model import Timer, TimerSpec
 from timerctl.service import TimerService
 from timerctl.stores.sqlite import SqliteStore
-from timerctl.model import Timer
 
 
 def rss_mb(pid: int) -> float:
@@ -53,39 +52,76 @@ def main() -> None:
         started = time.perf_counter()
         batch = 20_000
         for start in range(0, args.count, batch):
-            store.insert_many([
-                Timer(f"s{i:08d}", "http://127.0.0.1:9/hook", now + timedelta(hours=1, seconds=i % 86400), now)
-                for i in range(start, min(args.count, start + batch))
-            ])
-        rows.append({"what": f"insert {args.count:,} (timers/s)", "value": args.count / (time.perf_counter() - started)})
+            store.insert_many(
+                [
+                    Timer(f"s{i:08d}", "http://127.0.0.1:9/hook", now + timedelta(hours=1, seconds=i % 86400), now)
+                    for i in range(start, min(args.count, start + batch))
+                ]
+            )
+        rows.append(
+            {"what": f"insert {args.count:,} (timers/s)", "value": args.count / (time.perf_counter() - started)}
+        )
         rows.append({"what": "store file (MB)", "value": Path(db).stat().st_size / 2**20})
 
-        runner = subprocess.Popen([timerctl_bin(), "serve", "runner", "--log-level", "WARNING"],
-                                  env=env_with(TIMERCTL_DB=db))
+        runner = subprocess.Popen(
+            [timerctl_bin(), "serve", "runner", "--log-level", "WARNING"], env=env_with(TIMERCTL_DB=db)
+        )
         time.sleep(5)  # a few poll ticks over the full table
         rows.append({"what": "runner RSS, 1M pending (MB)", "value": rss_mb(runner.pid)})
         runner.terminate()
         runner.wait(timeout=30)
 
         later = now + timedelta(minutes=1)
-        rows.append({"what": "due query: claim_due, none due (ms)",
-                     "value": timed(lambda: store.claim_due("bench", now, later, later, 500), 50)})
+        rows.append(
+            {
+                "what": "due query: claim_due, none due (ms)",
+                "value": timed(lambda: store.claim_due("bench", now, later, later, 500), 50),
+            }
+        )
         rows.append({"what": "due query: next_due (ms)", "value": timed(store.next_due, 50)})
         store.close()
 
         settings = load_settings(env={}, db=db)
         with TimerService(settings) as svc:
             ids: list[str] = []
-            rows.append({"what": "create, in-process (median ms)", "value": timed(
-                lambda: ids.append(svc.create(TimerSpec("http://127.0.0.1:9/hook", delay=timedelta(hours=2))).timer_id),
-                200)})
+            rows.append(
+                {
+                    "what": "create, in-process (median ms)",
+                    "value": timed(
+                        lambda: ids.append(
+                            svc.create(TimerSpec("http://127.0.0.1:9/hook", delay=timedelta(hours=2))).timer_id
+                        ),
+                        200,
+                    ),
+                }
+            )
             rows.append({"what": "get, in-process (median ms)", "value": timed(lambda: svc.get(ids[-1]), 200)})
         env = env_with(TIMERCTL_DB=db)
-        rows.append({"what": "timerctl create process (median ms)", "value": timed(lambda: subprocess.run(
-            [timerctl_bin(), "create", "--url", "http://127.0.0.1:9/x", "--in", "2h", "--json"], env=env,
-            check=True, stdout=subprocess.DEVNULL), 10)})
-        rows.append({"what": "timerctl get process (median ms)", "value": timed(lambda: subprocess.run(
-            [timerctl_bin(), "get", ids[0], "--json"], env=env, check=True, stdout=subprocess.DEVNULL), 10)})
+        rows.append(
+            {
+                "what": "timerctl create process (median ms)",
+                "value": timed(
+                    lambda: subprocess.run(
+                        [timerctl_bin(), "create", "--url", "http://127.0.0.1:9/x", "--in", "2h", "--json"],
+                        env=env,
+                        check=True,
+                        stdout=subprocess.DEVNULL,
+                    ),
+                    10,
+                ),
+            }
+        )
+        rows.append(
+            {
+                "what": "timerctl get process (median ms)",
+                "value": timed(
+                    lambda: subprocess.run(
+                        [timerctl_bin(), "get", ids[0], "--json"], env=env, check=True, stdout=subprocess.DEVNULL
+                    ),
+                    10,
+                ),
+            }
+        )
     report("scale", rows, ["what", "value"])
 
 

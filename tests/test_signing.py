@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures_http import Receiver, Received, wait_until
+from tests.fixtures_http import Received, Receiver, wait_until
 from tests.test_runner import make_timer, now, settings_for
 from timerctl.cli import main
 from timerctl.config import Settings
@@ -205,14 +205,23 @@ def test_verify_accepts_a_message_signed_per_the_spec(
     body, headers = message()
     assert run_verify(monkeypatch, capsys, body, "--secret", SECRET, *header_args(headers)) == (0, "valid\n", "")
     # A second signature for another secret (rotation) does not get in the way.
-    rotated = {**headers, "webhook-signature": f"{message(PREVIOUS, body)[1]['webhook-signature']} {headers['webhook-signature']}"}
+    previous = message(PREVIOUS, body)[1]["webhook-signature"]
+    rotated = {**headers, "webhook-signature": f"{previous} {headers['webhook-signature']}"}
     assert run_verify(monkeypatch, capsys, body, "--secret", SECRET, *header_args(rotated))[0] == 0
 
 
 @pytest.mark.parametrize(
     "case",
-    ["tampered body", "wrong secret", "another id", "old timestamp", "no webhook-signature", "no webhook-id",
-     "no webhook-timestamp", "garbage signature"],
+    [
+        "tampered body",
+        "wrong secret",
+        "another id",
+        "old timestamp",
+        "no webhook-signature",
+        "no webhook-id",
+        "no webhook-timestamp",
+        "garbage signature",
+    ],
 )
 def test_verify_rejects_with_exit_1(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], case: str
@@ -247,8 +256,12 @@ def test_verify_rejects_with_exit_1(
         (["--secret", SECRET, "--header", ": t-cli"], "--header"),
         (["--secret", "whsec_", "--header", "webhook-id: t-cli"], "--secret"),
         (["--secret", "whsec_a", "--header", "webhook-id: t-cli"], "--secret"),
+        pytest.param(
+            ["--secret", "whsec_c2VjcmV0-c2VjcmV0", "--header", "webhook-id: t-cli"],
+            "--secret",
+        ),
     ],
-    ids=["header without colon", "header without name", "empty secret", "secret not base64"],
+    ids=["header without colon", "header without name", "empty secret", "truncated secret", "secret not base64"],
 )
 def test_verify_rejects_malformed_options_with_exit_2(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], args: list[str], hint: str

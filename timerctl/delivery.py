@@ -14,13 +14,13 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import Protocol
 from urllib.parse import SplitResult, urlsplit, urlunsplit
 
 import aiohttp
 
 from timerctl import __version__
-from timerctl.model import RetryPolicy, Status, Timer, format_instant
+from timerctl.model import InvalidInput, RetryPolicy, Status, Timer, format_instant
 from timerctl.stores.base import Outcome
 
 log = logging.getLogger(__name__)
@@ -70,13 +70,31 @@ def build_headers(timer: Timer, body: bytes, fired_at: datetime, signer: Signer 
     return headers
 
 
+def check_secret(secret: str) -> str:
+    """``secret`` unchanged when it is ``whsec_`` + strict base64 of a non-empty key; InvalidInput otherwise.
+
+    The signing library silently drops non-base64 characters, which would sign with a different key.
+    """
+    import base64
+    import binascii
+
+    key = secret.removeprefix("whsec_")
+    try:
+        decoded = base64.b64decode(key + "=" * (-len(key) % 4), validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise InvalidInput(f"signing secret is not whsec_<base64>: {exc}") from None
+    if not decoded:
+        raise InvalidInput("signing secret is empty; expected whsec_<base64 of 24-64 random bytes>")
+    return secret
+
+
 class Signer:
     """Standard Webhooks signatures (``v1,<base64 HMAC-SHA256>``), one per secret during rotation."""
 
     def __init__(self, secrets: list[str]) -> None:
         from standardwebhooks.webhooks import Webhook
 
-        self._hooks = [Webhook(s) for s in secrets if s]
+        self._hooks = [Webhook(check_secret(s)) for s in secrets if s]
         if not self._hooks:
             raise ValueError("a Signer needs at least one secret")
 

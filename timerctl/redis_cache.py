@@ -93,10 +93,8 @@ class RedisCache:
 
     def ttl(self, timer: Timer, now: datetime) -> int:
         """Whole seconds to keep ``timer``: until its expiry plus the grace, just the grace once final."""
-        if timer.status.is_final:
-            seconds = self.grace
-        else:
-            seconds = (timer.expiry_time - utc(now)).total_seconds() + self.grace
+        left = 0.0 if timer.status.is_final else (timer.expiry_time - utc(now)).total_seconds()
+        seconds = left + self.grace
         return max(1, math.ceil(seconds))
 
     def get(self, timer_id: str) -> Timer | None:

@@ -84,11 +84,12 @@ class TargetPolicy:
         ):
             return f"target {host} resolves to {address}, a reserved/link-local/multicast address"
         if self.block_private:
+            setting = "blocked by TIMERCTL_BLOCK_PRIVATE_TARGETS"
             for net in PRIVATE:
                 if net.version == candidate.version and candidate in net:
-                    return f"target {host} resolves to {address}, a private range blocked by TIMERCTL_BLOCK_PRIVATE_TARGETS"
+                    return f"target {host} resolves to {address}, in private range {net} {setting}"
             if candidate.is_private or candidate.is_loopback:
-                return f"target {host} resolves to {address}, a private address blocked by TIMERCTL_BLOCK_PRIVATE_TARGETS"
+                return f"target {host} resolves to {address}, a private address {setting}"
         return None
 
 

@@ -6,6 +6,7 @@ from typing import Annotated
 import typer
 
 from timerctl.cli.common import EXIT_INVALID, fail
+from timerctl.model import InvalidInput
 
 
 def verify(
@@ -17,6 +18,8 @@ def verify(
     """Verify a delivery: body on stdin, headers as options; exit 0 when valid, 1 when not."""
     from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
+    from timerctl.delivery import check_secret  # lazily: it imports the HTTP client
+
     headers: dict[str, str] = {}
     for item in header:
         name, sep, value = item.partition(":")
@@ -24,9 +27,9 @@ def verify(
             raise fail(f"--header {item!r} is not 'Name: value'", EXIT_INVALID)
         headers[name.strip().lower()] = value.strip()
     try:
-        hook = Webhook(secret)
-    except Exception as exc:  # the library raises bare errors for malformed secrets
-        raise fail(f"--secret is not a valid whsec_<base64> secret: {exc}", EXIT_INVALID) from None
+        hook = Webhook(check_secret(secret))
+    except InvalidInput as exc:
+        raise fail(f"--secret: {exc}", EXIT_INVALID) from None
     body = sys.stdin.buffer.read()
     try:
         hook.verify(body.decode(), headers, json_parse=False)

@@ -1,0 +1,324 @@
+"""Target safety: which resolved addresses a webhook may reach, decided at fire time and never retried.
+
+The pure decision (``TargetPolicy.refusal``) is table-driven over every blocked range; ``TargetGuard``
+is driven through an injected resolver (and the system one for ``localhost`` and numeric host forms);
+the end-to-end tests run an in-process runner built as ``serve`` builds it against the real receiver.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from tests.fixtures_http import Receiver, wait_until
+from tests.test_runner import make_timer, now, settings_for
+from tests.test_signing import serving
+from timerctl.daemons.runner import make_deliverer
+from timerctl.delivery import RefusedTarget
+from timerctl.model import Status, Timer
+from timerctl.stores.sqlite import SqliteStore
+from timerctl.targets import TargetGuard, TargetPolicy
+
+#: Refused whatever the settings, with the range the refusal must name.
+ALWAYS_BLOCKED = [
+    ("169.254.169.254", "169.254.0.0/16"),  # cloud metadata
+    ("169.254.1.1", "169.254.0.0/16"),
+    ("0.0.0.0", "0.0.0.0/8"),
+    ("224.0.0.1", "224.0.0.0/4"),
+    ("239.255.255.250", "224.0.0.0/4"),
+    ("240.0.0.1", "240.0.0.0/4"),
+    ("255.255.255.255", "240.0.0.0/4"),
+    ("100.64.0.1", "100.64.0.0/10"),
+    ("198.18.0.1", "198.18.0.0/15"),
+    ("192.0.0.1", "192.0.0.0/24"),
+    ("fe80::1", "fe80::/10"),
+    ("ff02::1", "ff00::/8"),
+    ("::", "::/128"),
+    ("fec0::1", "fec0::/10"),
+    ("100::1", "100::/64"),
+    ("::ffff:169.254.169.254", "169.254.0.0/16"),  # IPv4-mapped: judged as the IPv4 address it carries
+]
+#: Allowed by default, refused with TIMERCTL_BLOCK_PRIVATE_TARGETS=1.
+PRIVATE = ["127.0.0.1", "127.8.9.10", "10.1.2.3", "172.16.0.1", "192.168.1.1", "::1", "fc00::1", "::ffff:10.0.0.1"]
+PUBLIC = ["93.184.216.34", "8.8.8.8", "2606:4700::1", "2001:4860:4860::8888"]
+
+
+def refusal(policy: TargetPolicy, address: str, host: str = "hook.example") -> str | None:
+    return policy.refusal(host, ipaddress.ip_address(address))
+
+
+@pytest.mark.parametrize(("address", "network"), ALWAYS_BLOCKED)
+@pytest.mark.parametrize("block_private", [False, True], ids=["default", "block_private"])
+def test_always_blocked_ranges_are_refused_naming_the_range(address: str, network: str, block_private: bool) -> None:
+    reason = refusal(TargetPolicy(block_private=block_private), address)
+
+    assert reason is not None
+    assert f"blocked range {network}" in reason
+    assert "hook.example" in reason
+
+
+@pytest.mark.parametrize("address", PRIVATE)
+def test_loopback_and_private_are_allowed_unless_blocked(address: str) -> None:
+    assert refusal(TargetPolicy(), address) is None
+
+    reason = refusal(TargetPolicy(block_private=True), address)
+    assert reason is not None and "TIMERCTL_BLOCK_PRIVATE_TARGETS" in reason
+
+
+@pytest.mark.parametrize("address", PUBLIC)
+@pytest.mark.parametrize("block_private", [False, True], ids=["default", "block_private"])
+def test_public_addresses_are_allowed(address: str, block_private: bool) -> None:
+    assert refusal(TargetPolicy(block_private=block_private), address) is None
+
+
+def test_the_allow_list_wins_over_every_block_by_cidr_or_host_name() -> None:
+    policy = TargetPolicy.from_settings(True, " 127.0.0.1/32, 169.254.169.254,fd00::/8, Hooks.Internal. ,")
+
+    assert refusal(policy, "127.0.0.1") is None
+    assert refusal(policy, "169.254.169.254") is None
+    assert refusal(policy, "::ffff:169.254.169.254") is None
+    assert refusal(policy, "fd00::1") is None
+    assert refusal(policy, "10.0.0.5", host="hooks.internal") is None
+    assert refusal(policy, "169.254.1.1", host="HOOKS.INTERNAL.") is None
+    # Only what is listed: neighbours and other names stay refused.
+    assert refusal(policy, "127.0.0.2") is not None
+    assert refusal(policy, "169.254.169.253") is not None
+    assert refusal(policy, "fc00::1") is not None
+    assert refusal(policy, "10.0.0.5", host="other.internal") is not None
+    assert refusal(policy, "10.0.0.5", host="evil.hooks.internal") is not None
+
+
+class FakeDns:
+    """An injected resolver: names to addresses; anything else does not resolve."""
+
+    def __init__(self, names: dict[str, list[str]]) -> None:
+        self.names = names
+        self.asked: list[tuple[str, int]] = []
+
+    async def __call__(self, host: str, port: int) -> list[str]:
+        self.asked.append((host, port))
+        if host not in self.names:
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        return self.names[host]
+
+
+DNS = {
+    "metadata.internal": ["169.254.169.254"],
+    "mapped.example": ["::ffff:169.254.169.254"],
+    "multi.example": ["93.184.216.34", "10.0.0.1", "169.254.169.254"],
+    "public.example": ["93.184.216.34", "2606:4700::1"],
+    "private.example": ["10.0.0.7"],
+    "scoped.example": ["fe80::1%eth0"],
+}
+
+
+def check(guard: TargetGuard, url: str) -> str:
+    return asyncio.run(guard.check(url))
+
+
+@pytest.mark.parametrize(
+    ("url", "network"),
+    [
+        ("http://metadata.internal/latest/meta-data", "169.254.0.0/16"),
+        ("http://mapped.example/", "169.254.0.0/16"),
+        ("https://multi.example/hook", "169.254.0.0/16"),
+        ("http://scoped.example/", "fe80::/10"),
+        ("http://169.254.169.254/latest", "169.254.0.0/16"),
+        ("http://[fe80::1]:8080/", "fe80::/10"),
+        ("http://[::ffff:169.254.169.254]/", "169.254.0.0/16"),
+    ],
+)
+def test_the_guard_refuses_names_and_literals_that_reach_a_blocked_range(url: str, network: str) -> None:
+    with pytest.raises(RefusedTarget, match=f"blocked range {network}"):
+        check(TargetGuard(TargetPolicy(), FakeDns(DNS)), url)
+
+
+def test_the_guard_asks_the_resolver_once_for_names_and_never_for_literals() -> None:
+    dns = FakeDns(DNS)
+    guard = TargetGuard(TargetPolicy(), dns)
+
+    assert check(guard, "http://public.example:8080/x?token=1") == "93.184.216.34"
+    assert check(guard, "https://public.example/x") == "93.184.216.34"
+    assert check(guard, "http://93.184.216.34/x") == "93.184.216.34"
+    assert check(guard, "http://[2606:4700::1]/x") == "2606:4700::1"
+    assert dns.asked == [("public.example", 8080), ("public.example", 443)]
+
+
+def test_the_guard_applies_block_private_and_the_allow_list_to_resolved_names() -> None:
+    dns = FakeDns(DNS)
+
+    assert check(TargetGuard(TargetPolicy(), dns), "http://private.example/") == "10.0.0.7"
+    with pytest.raises(RefusedTarget, match="TIMERCTL_BLOCK_PRIVATE_TARGETS"):
+        check(TargetGuard(TargetPolicy(block_private=True), dns), "http://private.example/")
+    allowed = TargetGuard(TargetPolicy.from_settings(True, "metadata.internal,private.example"), dns)
+    assert check(allowed, "http://metadata.internal/") == "169.254.169.254"
+    assert check(allowed, "http://private.example/") == "10.0.0.7"
+
+
+def test_a_name_that_does_not_resolve_is_a_retryable_failure_not_a_refusal() -> None:
+    guard = TargetGuard(TargetPolicy(), FakeDns(DNS))
+
+    with pytest.raises(ConnectionError, match=r"nowhere\.example") as info:
+        check(guard, "http://nowhere.example/")
+    assert not isinstance(info.value, RefusedTarget)
+
+
+def test_the_system_resolver_with_localhost_obeys_block_private() -> None:
+    assert ipaddress.ip_address(check(TargetGuard(TargetPolicy()), "http://localhost:9/")).is_loopback
+    with pytest.raises(RefusedTarget, match="TIMERCTL_BLOCK_PRIVATE_TARGETS"):
+        check(TargetGuard(TargetPolicy(block_private=True)), "http://localhost:9/")
+
+
+@pytest.mark.parametrize("host", ["2852039166", "0xa9fea9fe", "0251.0376.0251.0376"])
+def test_numeric_spellings_of_the_metadata_address_are_refused(host: str) -> None:
+    # Not IP literals to ipaddress, but getaddrinfo (and so a connect) reads them as 169.254.169.254.
+    with pytest.raises(RefusedTarget, match=r"blocked range 169\.254\.0\.0/16"):
+        check(TargetGuard(TargetPolicy()), f"http://{host}/latest")
+
+
+# -- end to end: an in-process runner built from settings ------------------------------------------
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[SqliteStore]:
+    db = SqliteStore(str(tmp_path / "timers.db"))
+    yield db
+    db.close()
+
+
+def settled(store: SqliteStore, timer_id: str, status: Status, timeout: float = 8) -> Timer:
+    found: Timer = wait_until(
+        lambda: (t := store.get(timer_id)) and t.status is status and t, timeout=timeout, message=f"{timer_id} {status}"
+    )
+    return found
+
+
+def test_a_metadata_target_fails_after_one_attempt_naming_the_range(tmp_path: Path, store: SqliteStore) -> None:
+    store.insert(make_timer("t-metadata", "http://169.254.169.254/latest/meta-data", now()))
+
+    with serving(settings_for(tmp_path, max_attempts=8)):
+        failed = settled(store, "t-metadata", Status.FAILED)
+
+    assert failed.attempts == 1, "a refusal is never retried"
+    assert failed.last_error is not None
+    assert "169.254.169.254" in failed.last_error and "blocked range 169.254.0.0/16" in failed.last_error
+    assert failed.fired_at is None and failed.lease_owner is None
+
+
+def test_a_name_resolving_to_a_blocked_address_fails_at_fire_time(
+    tmp_path: Path, store: SqliteStore, receiver: Receiver
+) -> None:
+    settings = settings_for(tmp_path)
+    deliverer = make_deliverer(settings)
+    deliverer.guard = TargetGuard(TargetPolicy(), FakeDns({"rebound.example": ["127.0.0.1", "169.254.169.254"]}))
+    store.insert(make_timer("t-rebound", f"http://rebound.example:{receiver.port}/x", now()))
+
+    with serving(settings, deliverer):
+        failed = settled(store, "t-rebound", Status.FAILED)
+
+    assert failed.attempts == 1
+    assert failed.last_error is not None and "rebound.example" in failed.last_error
+    assert receiver.requests == []
+
+
+def test_block_private_refuses_the_local_receiver(tmp_path: Path, store: SqliteStore, receiver: Receiver) -> None:
+    store.insert(make_timer("t-private", receiver.url("/private"), now()))
+
+    with serving(settings_for(tmp_path, block_private_targets="1")):
+        failed = settled(store, "t-private", Status.FAILED)
+
+    assert failed.attempts == 1
+    assert failed.last_error is not None and "TIMERCTL_BLOCK_PRIVATE_TARGETS" in failed.last_error
+    assert receiver.requests == []
+
+
+def test_the_allow_list_lets_a_blocked_private_target_through(
+    tmp_path: Path, store: SqliteStore, receiver: Receiver
+) -> None:
+    store.insert(make_timer("t-allowed", receiver.url("/allowed"), now()))
+
+    with serving(settings_for(tmp_path, block_private_targets="1", allowed_targets="127.0.0.1/32")):
+        done = settled(store, "t-allowed", Status.FINISHED)
+
+    assert done.attempts == 1
+    assert [r.path for r in receiver.requests] == ["/allowed"]
+
+
+def test_an_allowed_host_name_is_called_on_the_checked_address_with_its_host_header(
+    tmp_path: Path, store: SqliteStore, receiver: Receiver
+) -> None:
+    settings = settings_for(tmp_path, block_private_targets="1", allowed_targets="hooks.internal")
+    deliverer = make_deliverer(settings)
+    assert isinstance(deliverer.guard, TargetGuard)
+    deliverer.guard.resolver = FakeDns({"hooks.internal": ["127.0.0.1"]})
+    store.insert(make_timer("t-named", f"http://hooks.internal:{receiver.port}/named", now()))
+
+    with serving(settings, deliverer):
+        settled(store, "t-named", Status.FINISHED)
+
+    (got,) = receiver.wait_for(1, timeout=1)
+    assert got.headers["host"] == f"hooks.internal:{receiver.port}"
+
+
+def test_a_302_is_a_failed_attempt_that_is_retried(tmp_path: Path, store: SqliteStore, receiver: Receiver) -> None:
+    receiver.respond("/moved", 302)
+    store.insert(make_timer("t-302", receiver.url("/moved"), now()))
+
+    with serving(settings_for(tmp_path)):
+        done = settled(store, "t-302", Status.FINISHED)
+
+    assert done.attempts == 2
+    assert [r.path for r in receiver.requests] == ["/moved", "/moved"]
+
+
+class Redirector:
+    """An HTTP server answering every POST with a 302 to ``location``."""
+
+    def __init__(self, location: str) -> None:
+        self.hits = 0
+        redirector = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                redirector.hits += 1
+                self.send_response(302)
+                self.send_header("Location", location)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, format: str, *args: object) -> None:
+                return None
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_a_redirect_with_a_location_is_not_followed(tmp_path: Path, store: SqliteStore, receiver: Receiver) -> None:
+    redirector = Redirector(receiver.url("/elsewhere"))
+    store.insert(make_timer("t-redirect", redirector.url, now()))
+    try:
+        with serving(settings_for(tmp_path, max_attempts=2, retry_first_delay="0.05")):
+            failed = settled(store, "t-redirect", Status.FAILED)
+    finally:
+        redirector.close()
+
+    assert failed.attempts == 2
+    assert failed.last_error == "HTTP 302"
+    assert redirector.hits == 2
+    assert receiver.requests == []
