@@ -15,6 +15,7 @@ from timerctl.cli.demo import demo
 from timerctl.cli.doctor import doctor
 from timerctl.cli.serve import serve_app
 from timerctl.cli.verify import verify
+from timerctl.cli.views import stats, watch
 
 app = typer.Typer(
     name="timerctl",
@@ -47,6 +48,8 @@ app.command()(timers.cancel)
 app.command()(demo)
 app.command()(doctor)
 app.command()(verify)
+app.command()(watch)
+app.command()(stats)
 app.add_typer(serve_app, name="serve")
 
 

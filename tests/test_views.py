@@ -1,0 +1,103 @@
+"""Live views: ``watch`` follows a timer to its outcome; ``stats`` and ``list --due-within``."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.fixtures_http import Receiver
+
+TIMERCTL = str(Path(sys.executable).parent / "timerctl")
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> dict[str, str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith("TIMERCTL_")}
+    base.update(TIMERCTL_DB=str(tmp_path / "t.db"), TIMERCTL_POLL_INTERVAL="0.1", TIMERCTL_RETRY_FIRST_DELAY="0.1")
+    return base
+
+
+@pytest.fixture
+def runner(env: dict[str, str]) -> Iterator[subprocess.Popen[bytes]]:
+    proc = subprocess.Popen([TIMERCTL, "serve", "runner", "--log-level", "WARNING"], env=env)
+    yield proc
+    proc.terminate()
+    proc.wait(timeout=20)
+
+
+def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([TIMERCTL, *args], env=env, capture_output=True, text=True, timeout=60)
+
+
+def create(env: dict[str, str], *args: str) -> str:
+    result = cli(env, "create", *args, "--json")
+    assert result.returncode == 0, result.stderr
+    return str(json.loads(result.stdout)["timerId"])
+
+
+def test_watch_exits_0_with_the_finished_timer(
+    env: dict[str, str], receiver: Receiver, runner: subprocess.Popen[bytes]
+) -> None:
+    timer_id = create(env, "--url", receiver.url(), "--in", "1s")
+    watched = cli(env, "watch", timer_id, "--json")
+    assert watched.returncode == 0, watched.stderr
+    final = json.loads(watched.stdout)
+    assert final["timerStatus"] == "Finished" and final["firedAt"] is not None
+    assert len(receiver.requests) == 1
+
+
+def test_watch_exits_5_when_the_timer_fails(env: dict[str, str], receiver: Receiver) -> None:
+    env["TIMERCTL_MAX_ATTEMPTS"] = "2"
+    receiver.respond("/bad", 500, 500)
+    timer_id = create(env, "--url", receiver.url("/bad"), "--in", "0s")
+    proc = subprocess.Popen([TIMERCTL, "serve", "runner", "--log-level", "WARNING"], env=env)
+    try:
+        watched = cli(env, "watch", timer_id, "--json")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+    assert watched.returncode == 5
+    assert json.loads(watched.stdout)["lastError"] == "HTTP 500"
+
+
+def test_watch_exits_6_for_a_cancelled_timer_and_shows_people_a_table(env: dict[str, str]) -> None:
+    timer_id = create(env, "--url", "http://127.0.0.1:9/x", "--in", "1h")
+    assert cli(env, "cancel", timer_id).returncode == 0
+    watched = cli(env, "watch", timer_id)
+    assert watched.returncode == 6
+    assert "Cancelled" in watched.stdout and timer_id in watched.stdout
+
+
+def test_watch_unknown_id_exits_1(env: dict[str, str]) -> None:
+    watched = cli(env, "watch", "nope")
+    assert watched.returncode == 1 and watched.stderr.strip() == "error: timer nope not found"
+
+
+def test_stats_counts_by_status_and_lists_the_next_due(env: dict[str, str]) -> None:
+    later = create(env, "--url", "http://127.0.0.1:9/x", "--in", "2h")
+    soon = create(env, "--url", "http://127.0.0.1:9/x", "--in", "1h")
+    gone = create(env, "--url", "http://127.0.0.1:9/x", "--in", "3h")
+    cli(env, "cancel", gone)
+    result = cli(env, "stats", "--json", "--next", "1")
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["counts"] == {"Scheduled": 2, "Running": 0, "Finished": 0, "Failed": 0, "Cancelled": 1}
+    assert [t["timerId"] for t in data["next"]] == [soon]
+    human = cli({**env, "COLUMNS": "200"}, "stats", "--next", "1")
+    assert "Scheduled" in human.stdout and "1 timer(s)" in human.stdout
+    assert soon in human.stdout and later not in human.stdout
+
+
+def test_list_due_within_filters_and_sorts_by_expiry(env: dict[str, str]) -> None:
+    far = create(env, "--url", "http://127.0.0.1:9/x", "--in", "1h")
+    second = create(env, "--url", "http://127.0.0.1:9/x", "--in", "5m")
+    first = create(env, "--url", "http://127.0.0.1:9/x", "--in", "1m")
+    result = cli(env, "list", "--due-within", "10m", "--json")
+    assert [t["timerId"] for t in json.loads(result.stdout)] == [first, second]
+    assert far not in result.stdout
