@@ -25,7 +25,7 @@ from tzlocal import get_localzone
 from timerctl import __version__
 from timerctl.config import Settings
 from timerctl.daemons.lifecycle import StopFlag
-from timerctl.model import BackendUnavailable, Conflict, InvalidInput, NotFound, Timer, TimerError, utc
+from timerctl.model import BackendUnavailable, Conflict, InvalidInput, NotFound, Timer, TimerError
 from timerctl.model import validate_timer_id as _valid_id
 from timerctl.service import TimerService
 from timerctl.spec import spec_from_mapping
@@ -68,10 +68,11 @@ class ErrorResponse(BaseModel):
     message: str
 
 
-ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorResponse, "description": text}
-    for code, text in ((400, "Invalid input"), (404, "No such timer"), (503, "A backend is unreachable"))
-}
+def _errors(**described: str) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for statuses given as ``e404="No such timer"`` (``e4XX`` for any other)."""
+    return {code[1:]: {"model": ErrorResponse, "description": text} for code, text in described.items()}
+
+
 CREATE_BODY = {"content": {"application/json": {"schema": TimerRequest.model_json_schema(by_alias=True)}}}
 
 
@@ -110,15 +111,20 @@ def _backends(request: Request) -> _Backends:
 
 
 Backends = Annotated[_Backends, Depends(_backends)]
-router = APIRouter(tags=["timers"], responses=ERRORS)
+# Declaring 4XX also keeps FastAPI from documenting the 422 this API never sends.
+router = APIRouter(
+    tags=["timers"], responses=_errors(e400="Invalid input", e4XX="Other client error", e503="A backend is unreachable")
+)
 
 
 @router.post(
     "/v1/timer",
     status_code=201,
     response_model=TimerResponse,
-    responses={200: {"model": TimerResponse, "description": "The same timerId and spec exist already"}}
-    | {409: {"model": ErrorResponse, "description": "timerId exists with a different spec"}},
+    responses={
+        200: {"model": TimerResponse, "description": "The same timerId with the same spec exists already"},
+        **_errors(e409="The timerId exists with a different spec"),
+    },
     openapi_extra={"requestBody": CREATE_BODY},
 )
 def create_timer(backends: Backends, body: Annotated[Any, Body()] = None) -> JSONResponse:
@@ -132,14 +138,17 @@ def create_timer(backends: Backends, body: Annotated[Any, Body()] = None) -> JSO
         raise InvalidInput('missing request body; expected a JSON object such as {"webhookUrl": ..., "seconds": 30}')
     spec = spec_from_mapping(body, get_localzone())
     service = backends.ready("cache", "queue", *(["store"] if spec.timer_id is not None else []))
-    before = utc(service.clock())
-    timer = service.create(spec)
-    if spec.timer_id is not None and timer.created_at < before:
+    existed = False
+    if spec.timer_id is not None:
+        with contextlib.suppress(NotFound):
+            existed = bool(service.get(spec.timer_id))
+    timer = service.create(spec)  # the existing timer again, or Conflict, when the id is taken
+    if existed:
         return _timer_reply(200, "Timer Already Exists!", timer, service)
     return _timer_reply(201, "Timer Created!", timer, service)
 
 
-@router.get("/v1/timer/{timerId:path}", response_model=TimerResponse)
+@router.get("/v1/timer/{timerId:path}", response_model=TimerResponse, responses=_errors(e404="No such timer"))
 def get_timer(timerId: str, backends: Backends) -> JSONResponse:
     """The timer's status and whole seconds left; 404 when there is no such timer."""
     service = backends.ready("cache", "store")
@@ -149,7 +158,7 @@ def get_timer(timerId: str, backends: Backends) -> JSONResponse:
 @router.delete(
     "/v1/timer/{timerId:path}",
     response_model=TimerResponse,
-    responses={409: {"model": ErrorResponse, "description": "The timer is not Scheduled"}},
+    responses=_errors(e404="No such timer", e409="The timer is not Scheduled"),
 )
 def cancel_timer(timerId: str, backends: Backends) -> JSONResponse:
     """Cancel a Scheduled timer so it never fires; 409 when it already ran, is running or was cancelled."""
@@ -203,7 +212,7 @@ def create_app(settings: Settings, service: TimerService | None = None) -> FastA
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        owned = service or TimerService(settings)
+        owned = service if service is not None else TimerService(settings)
         app.state.backends = _Backends(owned)
         try:
             yield
@@ -232,17 +241,16 @@ class _Server(uvicorn.Server):
         yield  # the StopFlag owns SIGTERM/SIGINT; the watcher below turns it into should_exit
 
 
-class _NoColour(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        record.__dict__.pop("color_message", None)  # ANSI codes have no place in a JSON log
-        return True
+def _no_colour(record: logging.LogRecord) -> bool:
+    record.__dict__.pop("color_message", None)  # uvicorn's ANSI-coloured copy has no place in a JSON log
+    return True
 
 
 def serve(settings: Settings, stop: StopFlag, *, host: str = "127.0.0.1", port: int = 3000) -> int:
     """Serve the API until ``stop`` is set and in-flight requests are answered: exit code 0, or 3 when it
     cannot listen. Sets ``stop`` when it ends, so the roles sharing the process stop with it."""
     for name in ("uvicorn.error", "uvicorn.access"):
-        logging.getLogger(name).addFilter(_NoColour())
+        logging.getLogger(name).addFilter(_no_colour)  # once: the same filter is not added twice
     config = uvicorn.Config(
         create_app(settings),
         host=host,
@@ -251,12 +259,15 @@ def serve(settings: Settings, stop: StopFlag, *, host: str = "127.0.0.1", port: 
         timeout_graceful_shutdown=max(1, round(settings.drain_timeout)),
     )
     server = _Server(config)
+    finished = threading.Event()
 
     def watch() -> None:
         stop.stopping.wait()
-        server.should_exit = True
-        if stop.forced.wait():
-            server.force_exit = True
+        server.should_exit = True  # stop accepting, answer what is in flight (bounded by the drain timeout)
+        while not finished.wait(0.2):
+            if stop.forced.is_set():  # a second signal: drop what is in flight
+                server.force_exit = True
+                return
 
     threading.Thread(target=watch, name="timerctl-api-stop", daemon=True).start()
     try:
@@ -265,5 +276,6 @@ def serve(settings: Settings, stop: StopFlag, *, host: str = "127.0.0.1", port: 
         log.error("HTTP API could not start on %s:%d", host, port)
         return EXIT_CANNOT_LISTEN
     finally:
+        finished.set()
         stop.stopping.set()
     return 0 if server.started else EXIT_CANNOT_LISTEN

@@ -10,7 +10,8 @@ from timerctl.daemons.lifecycle import StopFlag
 from timerctl.logs import setup_logging
 
 serve_app = typer.Typer(
-    help="Run a daemon: the runner (fires timers) or the consumer (Kafka -> store).", no_args_is_help=True
+    help="Run a daemon: the runner (fires timers), the consumer (Kafka -> store) or the HTTP API.",
+    no_args_is_help=True,
 )
 
 LogFormat = Annotated[
@@ -54,10 +55,33 @@ def consumer(log_format: LogFormat = None, log_level: LogLevel = "INFO") -> None
     raise typer.Exit(consumer_daemon.serve(settings, stop))
 
 
+Host = Annotated[str, typer.Option("--host", help="Address the HTTP API listens on.")]
+Port = Annotated[int, typer.Option("--port", min=1, max=65535, help="Port the HTTP API listens on.")]
+
+
+@serve_app.command("api")
+@errors_to_exit_codes
+def api(
+    host: Host = "127.0.0.1", port: Port = 3000, log_format: LogFormat = None, log_level: LogLevel = "INFO"
+) -> None:
+    """Serve the HTTP API (docs at /docs) until SIGTERM/SIGINT; exit 3 when it cannot listen."""
+    from timerctl import api as http_api  # FastAPI loads here only: other commands must start fast
+
+    settings = settings_from_env()
+    stop = _start(log_format, log_level)
+    raise typer.Exit(http_api.serve(settings, stop, host=host, port=port))
+
+
 @serve_app.command("all")
 @errors_to_exit_codes
-def serve_all(log_format: LogFormat = None, log_level: LogLevel = "INFO") -> None:
-    """Run every role the configuration needs in one process: the runner, plus the consumer with Kafka."""
+def serve_all(
+    log_format: LogFormat = None,
+    log_level: LogLevel = "INFO",
+    with_api: Annotated[bool, typer.Option("--api", help="Also serve the HTTP API.")] = False,
+    api_host: Annotated[str, typer.Option("--api-host", help="Address the HTTP API listens on.")] = "127.0.0.1",
+    api_port: Annotated[int, typer.Option("--api-port", min=1, max=65535, help="Port of the HTTP API.")] = 3000,
+) -> None:
+    """Run every role the configuration needs in one process: the runner, the consumer with Kafka, the API."""
     from timerctl.daemons import consumer as consumer_daemon
     from timerctl.daemons import runner as runner_daemon
 
@@ -68,6 +92,15 @@ def serve_all(log_format: LogFormat = None, log_level: LogLevel = "INFO") -> Non
     if settings.kafka_bootstrap:
         thread = threading.Thread(
             target=lambda: codes.append(consumer_daemon.serve(settings, stop)), name="timerctl-consumer"
+        )
+        thread.start()
+        threads.append(thread)
+    if with_api:
+        from timerctl import api as http_api
+
+        thread = threading.Thread(
+            target=lambda: codes.append(http_api.serve(settings, stop, host=api_host, port=api_port)),
+            name="timerctl-api",
         )
         thread.start()
         threads.append(thread)
