@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 from tzlocal import get_localzone
 
-from timerctl import __version__
+from timerctl import __version__, metrics
 from timerctl.config import Settings
 from timerctl.daemons.lifecycle import StopFlag
 from timerctl.model import BackendUnavailable, Conflict, InvalidInput, NotFound, Timer, TimerError
@@ -145,6 +145,7 @@ def create_timer(backends: Backends, body: Annotated[Any, Body()] = None) -> JSO
     timer = service.create(spec)  # the existing timer again, or Conflict, when the id is taken
     if existed:
         return _timer_reply(200, "Timer Already Exists!", timer, service)
+    metrics.CREATED.inc()
     return _timer_reply(201, "Timer Created!", timer, service)
 
 

@@ -18,12 +18,23 @@ LogFormat = Annotated[
     str | None, typer.Option("--log-format", help="json or text (default: json unless stderr is a terminal).")
 ]
 LogLevel = Annotated[str, typer.Option("--log-level", help="DEBUG, INFO, WARNING or ERROR.")]
+MetricsPort = Annotated[
+    int | None,
+    typer.Option("--metrics-port", min=1, max=65535, help="Serve Prometheus metrics at :PORT/metrics."),
+]
 
 
-def _start(log_format: str | None, log_level: str) -> StopFlag:
+def _start(log_format: str | None, log_level: str, metrics_port: int | None = None) -> StopFlag:
     if log_format not in (None, "json", "text"):
         raise fail(f"--log-format must be json or text, got {log_format!r}", EXIT_INVALID)
     setup_logging(log_format, log_level)
+    if metrics_port is not None:
+        from timerctl.metrics import serve_metrics
+
+        try:
+            serve_metrics(metrics_port)
+        except OSError as exc:
+            raise fail(f"cannot serve metrics on port {metrics_port}: {exc}", 3) from None
     stop = StopFlag()
     stop.install()
     return stop
@@ -31,18 +42,18 @@ def _start(log_format: str | None, log_level: str) -> StopFlag:
 
 @serve_app.command("runner")
 @errors_to_exit_codes
-def runner(log_format: LogFormat = None, log_level: LogLevel = "INFO") -> None:
+def runner(log_format: LogFormat = None, log_level: LogLevel = "INFO", metrics_port: MetricsPort = None) -> None:
     """Fire due timers until SIGTERM/SIGINT; several runners may share one store."""
     from timerctl.daemons import runner as runner_daemon
 
     settings = settings_from_env()
-    stop = _start(log_format, log_level)
+    stop = _start(log_format, log_level, metrics_port)
     raise typer.Exit(runner_daemon.serve(settings, stop))
 
 
 @serve_app.command("consumer")
 @errors_to_exit_codes
-def consumer(log_format: LogFormat = None, log_level: LogLevel = "INFO") -> None:
+def consumer(log_format: LogFormat = None, log_level: LogLevel = "INFO", metrics_port: MetricsPort = None) -> None:
     """Persist creates from Kafka into the store (needs TIMERCTL_KAFKA_BOOTSTRAP)."""
     from timerctl.daemons import consumer as consumer_daemon
 
@@ -51,7 +62,7 @@ def consumer(log_format: LogFormat = None, log_level: LogLevel = "INFO") -> None
         raise fail(
             "serve consumer needs TIMERCTL_KAFKA_BOOTSTRAP (creates go straight to the store without it)", EXIT_INVALID
         )
-    stop = _start(log_format, log_level)
+    stop = _start(log_format, log_level, metrics_port)
     raise typer.Exit(consumer_daemon.serve(settings, stop))
 
 
@@ -62,13 +73,17 @@ Port = Annotated[int, typer.Option("--port", min=1, max=65535, help="Port the HT
 @serve_app.command("api")
 @errors_to_exit_codes
 def api(
-    host: Host = "127.0.0.1", port: Port = 3000, log_format: LogFormat = None, log_level: LogLevel = "INFO"
+    host: Host = "127.0.0.1",
+    port: Port = 3000,
+    log_format: LogFormat = None,
+    log_level: LogLevel = "INFO",
+    metrics_port: MetricsPort = None,
 ) -> None:
     """Serve the HTTP API (docs at /docs) until SIGTERM/SIGINT; exit 3 when it cannot listen."""
     from timerctl import api as http_api  # FastAPI loads here only: other commands must start fast
 
     settings = settings_from_env()
-    stop = _start(log_format, log_level)
+    stop = _start(log_format, log_level, metrics_port)
     raise typer.Exit(http_api.serve(settings, stop, host=host, port=port))
 
 
@@ -77,6 +92,7 @@ def api(
 def serve_all(
     log_format: LogFormat = None,
     log_level: LogLevel = "INFO",
+    metrics_port: MetricsPort = None,
     with_api: Annotated[bool, typer.Option("--api", help="Also serve the HTTP API.")] = False,
     api_host: Annotated[str, typer.Option("--api-host", help="Address the HTTP API listens on.")] = "127.0.0.1",
     api_port: Annotated[int, typer.Option("--api-port", min=1, max=65535, help="Port of the HTTP API.")] = 3000,
@@ -86,7 +102,7 @@ def serve_all(
     from timerctl.daemons import runner as runner_daemon
 
     settings = settings_from_env()
-    stop = _start(log_format, log_level)
+    stop = _start(log_format, log_level, metrics_port)
     codes: list[int] = []
     threads: list[threading.Thread] = []
     if settings.kafka_bootstrap:

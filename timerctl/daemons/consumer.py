@@ -18,6 +18,7 @@ from kafka import KafkaConsumer
 from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
 
+from timerctl import metrics
 from timerctl.config import Settings
 from timerctl.daemons.lifecycle import StopFlag, backoff, notify
 from timerctl.model import BackendUnavailable, Conflict, InvalidInput, NotFound, Timer
@@ -149,7 +150,21 @@ class Consumer:
         self._write(batch)
         self.pending = None
         self._commit(batch)
+        self._report_lag()
         return batch.size
+
+    def _report_lag(self) -> None:
+        """Records behind the high watermarks of our partitions, from the last fetch responses."""
+        lag = 0
+        try:
+            for tp in self.consumer.assignment():
+                high = self.consumer.highwater(tp)
+                if high is not None:
+                    lag += max(0, high - self.consumer.position(tp, timeout_ms=100))
+        except KafkaError as exc:  # a metric is never worth failing a batch for
+            log.debug("consumer lag unknown: %s", exc)
+            return
+        metrics.CONSUMER_LAG.set(lag)
 
     def _dead_letter(self, batch: Batch) -> None:
         """Publish the batch's undecodable records to the dead-letter topic and wait for the acks."""
@@ -179,10 +194,12 @@ class Consumer:
                 "record %s[%d]@%d sent to %s: %s", record.topic, record.partition, record.offset, target, reason
             )
         batch.dead_lettered = True
+        metrics.DLQ.inc(len(batch.rejects))
 
     def _write(self, batch: Batch) -> None:
         """Creates first (one idempotent insert), then the batch's cancels; safe to repeat."""
         added = self.store.insert_many(batch.creates) if batch.creates else 0
+        metrics.PERSISTED.inc(added)
         for timer_id in batch.cancels:
             try:
                 self.store.cancel(timer_id)

@@ -28,11 +28,12 @@ from datetime import timedelta
 
 import schedule
 
+from timerctl import metrics
 from timerctl.cache import Cache, NoCache
 from timerctl.config import Settings
 from timerctl.daemons.lifecycle import StopFlag, backoff, notify
 from timerctl.delivery import Deliverer, Signer, decide, redact
-from timerctl.model import BackendUnavailable, Timer, utc
+from timerctl.model import BackendUnavailable, Status, Timer, utc
 from timerctl.service import Clock, system_clock
 from timerctl.stores.base import Outcome, Store
 from timerctl.targets import TargetGuard, TargetPolicy
@@ -154,6 +155,7 @@ class Runner:
                 self._loop.call_soon_threadsafe(self._schedule_fire, timers)
                 self.cache.put_many(timers, now)
             total += len(timers)
+            metrics.HELD.set(len(self.held))
             if len(timers) < limit:
                 break
         return total
@@ -198,6 +200,7 @@ class Runner:
             if timer.timer_id in recorded:
                 updated.append(_apply(timer, outcome))
         self.cache.put_many(updated, self.clock())
+        metrics.HELD.set(len(self.held))
         self._store_down = backoff(first=0.5, cap=10.0)
         return len(recorded)
 
@@ -258,8 +261,14 @@ class Runner:
     async def _deliver(self, timer: Timer) -> None:
         attempt = timer.attempts + 1
         fired_at = utc(self.clock())  # the body's millisecond precision, so the store records the same instant
-        result = await self.deliverer.deliver(timer, attempt, fired_at)
+        metrics.LATENESS.observe(max(0.0, (fired_at - timer.due_at).total_seconds()))
+        metrics.IN_FLIGHT.inc()
+        try:
+            result = await self.deliverer.deliver(timer, attempt, fired_at)
+        finally:
+            metrics.IN_FLIGHT.dec()
         outcome = decide(timer, attempt, result, self.clock(), self.settings.retry, self.rand())
+        _count(result.ok, result.duration, outcome.status)
         if outcome.fired_at is not None:  # record the instant the receiver was sent, not when it answered
             outcome = replace(outcome, fired_at=fired_at)
         lateness = (fired_at - timer.due_at).total_seconds()
@@ -284,6 +293,13 @@ class Runner:
         for task in list(self._inflight):
             task.cancel()
         await self.deliverer.aclose()
+
+
+def _count(ok: bool, duration: float, status: Status) -> None:
+    """Record one attempt in the Prometheus metrics."""
+    metrics.DELIVERY.observe(duration)
+    metrics.FIRED.labels(result="ok" if ok else "error").inc()
+    {Status.FINISHED: metrics.FINISHED, Status.FAILED: metrics.FAILED}.get(status, metrics.RETRIED).inc()
 
 
 def _every(scheduler: schedule.Scheduler, seconds: float) -> schedule.Job:
