@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import socket
 import threading
 from collections.abc import AsyncIterator, Iterator
 from typing import Annotated, Any
@@ -24,7 +25,7 @@ from tzlocal import get_localzone
 
 from timerctl import __version__, metrics
 from timerctl.config import Settings
-from timerctl.daemons.lifecycle import StopFlag
+from timerctl.daemons.lifecycle import StopFlag, Watchdog, notify
 from timerctl.model import BackendUnavailable, Conflict, InvalidInput, NotFound, Timer, TimerError
 from timerctl.model import validate_timer_id as _valid_id
 from timerctl.service import TimerService
@@ -237,9 +238,20 @@ def create_app(settings: Settings, service: TimerService | None = None) -> FastA
 
 
 class _Server(uvicorn.Server):
+    watchdog = Watchdog()
+
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield  # the StopFlag owns SIGTERM/SIGINT; the watcher below turns it into should_exit
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started:
+            notify("READY=1")
+
+    async def on_tick(self, counter: int) -> bool:
+        self.watchdog.ping()  # from the server's own loop: a hung loop stops the pings
+        return await super().on_tick(counter)
 
 
 def _no_colour(record: logging.LogRecord) -> bool:
@@ -264,6 +276,7 @@ def serve(settings: Settings, stop: StopFlag, *, host: str = "127.0.0.1", port: 
 
     def watch() -> None:
         stop.stopping.wait()
+        notify("STOPPING=1")
         server.should_exit = True  # stop accepting, answer what is in flight (bounded by the drain timeout)
         while not finished.wait(0.2):
             if stop.forced.is_set():  # a second signal: drop what is in flight

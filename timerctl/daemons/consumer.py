@@ -20,7 +20,7 @@ from kafka.structs import OffsetAndMetadata
 
 from timerctl import metrics
 from timerctl.config import Settings
-from timerctl.daemons.lifecycle import StopFlag, backoff, notify
+from timerctl.daemons.lifecycle import StopFlag, Watchdog, backoff, notify
 from timerctl.model import BackendUnavailable, Conflict, InvalidInput, NotFound, Timer
 from timerctl.queue.kafka import (
     DLQ_REASON_HEADER,
@@ -108,6 +108,7 @@ class Consumer:
         self._producer: Any = None
         #: A polled batch not yet stored (the store was down): retried before polling again.
         self.pending: Batch | None = None
+        self.watchdog = Watchdog()
 
     def connect(self) -> None:
         """Subscribe to the topic; BackendUnavailable (one line) when the broker is unreachable."""
@@ -223,6 +224,7 @@ class Consumer:
         """Wait out a back-off while staying in the group: poll with every partition paused."""
         deadline = time.monotonic() + seconds
         while not stop and (left := deadline - time.monotonic()) > 0:
+            self.watchdog.ping()
             if self.consumer is None:
                 stop.wait(left)
                 continue
@@ -244,6 +246,7 @@ class Consumer:
         delays: Iterator[float] | None = None
         ready = False
         while not stop:
+            self.watchdog.ping()
             try:
                 if self.consumer is None:
                     self.connect()

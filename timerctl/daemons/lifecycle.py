@@ -6,6 +6,7 @@ import logging
 import os
 import signal
 import threading
+import time
 from collections.abc import Iterator
 from types import FrameType
 
@@ -51,6 +52,24 @@ def backoff(first: float = 0.5, cap: float = 30.0) -> Iterator[float]:
     while True:
         yield delay
         delay = min(cap, delay * 2)
+
+
+class Watchdog:
+    """Pings systemd's watchdog (``WATCHDOG=1``) at half its period, when ``WATCHDOG_USEC`` asks for it.
+
+    Call ``ping`` from the daemon's own loop, never from a side thread: a loop that hangs must stop
+    the pings so that systemd restarts the daemon.
+    """
+
+    def __init__(self) -> None:
+        usec = int(os.environ.get("WATCHDOG_USEC", "0") or 0)
+        self.interval = usec / 2e6
+        self._last = 0.0
+
+    def ping(self) -> None:
+        if self.interval and time.monotonic() - self._last >= self.interval:
+            self._last = time.monotonic()
+            notify("WATCHDOG=1")
 
 
 def notify(message: str) -> None:
