@@ -3,7 +3,6 @@
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
 from timerctl.cli.common import EXIT_UNAVAILABLE, out, print_json, service
 
@@ -26,6 +25,8 @@ def doctor(as_json: Annotated[bool, typer.Option("--json", help="Print machine-r
             }
         )
     else:
+        from rich.table import Table
+
         table = Table(title="timerctl doctor")
         for column in ("part", "backend", "status", "round trip"):
             table.add_column(column)

@@ -3,11 +3,11 @@
 import json
 import sys
 from collections.abc import Iterator
+from datetime import UTC, tzinfo
 from pathlib import Path
 from typing import Annotated, Any, TextIO
 
 import typer
-from tzlocal import get_localzone
 
 from timerctl.cli.common import (
     EXIT_INVALID,
@@ -72,7 +72,7 @@ def create(
         raise InvalidInput("missing --url; give the absolute http(s) URL to POST to")
     spec = build_spec(
         url,
-        get_localzone(),
+        _local_zone() if at is not None else UTC,
         delay=delay,
         at=at,
         hours=_int_or_none("hours", hours),
@@ -89,8 +89,15 @@ def create(
         out().print(timer_table(timer, now()))
 
 
+def _local_zone() -> tzinfo:
+    """The zone naive ``--at`` times are read in: $TZ, else the system's (tzlocal is slow to import)."""
+    from tzlocal import get_localzone
+
+    return get_localzone()
+
+
 def _read_specs(stream: TextIO) -> Iterator[tuple[int, TimerSpec | InvalidInput]]:
-    zone = get_localzone()
+    zone = _local_zone()
     for number, line in enumerate(stream, start=1):
         if not line.strip():
             continue
