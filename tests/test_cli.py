@@ -366,7 +366,7 @@ def test_create_payload_from_file(cli: Cli, tmp_path: Path) -> None:
 )
 def test_create_at(cli: Cli, monkeypatch: pytest.MonkeyPatch, at: str, expiry: str) -> None:
     monkeypatch.setenv("TIMERCTL_MAX_HORIZON", "36500d")
-    monkeypatch.setattr(timers_cli, "get_localzone", lambda: ZoneInfo("Europe/Paris"))
+    monkeypatch.setattr(timers_cli, "_local_zone", lambda: ZoneInfo("Europe/Paris"))
     data = cli.ok_json("create", "--url", URL, "--at", at)
     assert data["expiryTime"] == expiry
     [stored] = cli.stored()
