@@ -58,6 +58,8 @@ class Receiver:
             def log_message(self, format: str, *args: object) -> None:
                 return None
 
+        # A burst of new connections (many timers due at once) must not overflow the accept queue.
+        ThreadingHTTPServer.request_queue_size = 128
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.port = self.server.server_address[1]
