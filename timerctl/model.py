@@ -18,7 +18,10 @@ from urllib.parse import urlsplit
 
 MAX_URL_LENGTH = 2048
 MAX_PAYLOAD_BYTES = 64 * 1024
-_URL_BAD_CHARS = re.compile(r"[\x00-\x20\x7f]")
+#: The largest integer every store can hold (SQLite INTEGER and BSON int64 are signed 64-bit).
+MAX_STORED_INT = 2**63 - 1
+# ASCII and Unicode whitespace (U+00A0, U+2028, ...) and the C0/C1 control characters (U+0085, ...).
+_URL_BAD_CHARS = re.compile(r"[\x00-\x20\x7f-\x9f]|\s")
 TIMER_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 DEFAULT_HORIZON = timedelta(days=365)
 
@@ -324,12 +327,14 @@ class Timer:
             created = parse_instant(data["createdAt"])
             status = Status(data.get("timerStatus", Status.SCHEDULED.value))
             attempts = data.get("attempts", 0)
-            if not isinstance(attempts, int) or isinstance(attempts, bool) or attempts < 0:
-                raise InvalidInput(f"attempts must be a non-negative integer, got {attempts!r}")
+            if not isinstance(attempts, int) or isinstance(attempts, bool) or not 0 <= attempts <= MAX_STORED_INT:
+                raise InvalidInput(f"attempts must be a non-negative integer up to {MAX_STORED_INT}, got {attempts!r}")
             fired = data.get("firedAt")
             last_error = data.get("lastError")
             if last_error is not None and not isinstance(last_error, str):
                 raise InvalidInput("lastError must be a string or null")
+            if last_error is not None:
+                last_error.encode()  # UnicodeEncodeError (a ValueError) on lone surrogates no store can write
             due = data.get("dueAt")
             payload = data.get("payload")
             encode_payload(payload)

@@ -5,7 +5,7 @@ import sys
 from collections.abc import Iterator
 from datetime import UTC, tzinfo
 from pathlib import Path
-from typing import Annotated, Any, TextIO
+from typing import Annotated, Any, BinaryIO
 
 import typer
 
@@ -96,25 +96,31 @@ def _local_zone() -> tzinfo:
     return get_localzone()
 
 
-def _read_specs(stream: TextIO) -> Iterator[tuple[int, TimerSpec | InvalidInput]]:
+def _read_specs(stream: BinaryIO) -> Iterator[tuple[int, TimerSpec | InvalidInput]]:
+    # Bytes, decoded line by line: a line that is not UTF-8 is one invalid line, not a failed import.
     zone = _local_zone()
     for number, line in enumerate(stream, start=1):
         if not line.strip():
             continue
+        spec: TimerSpec | InvalidInput
         try:
-            yield number, spec_from_mapping(json.loads(line), zone)
-        except ValueError as exc:  # json.JSONDecodeError and InvalidInput are both ValueErrors
-            message = str(exc) if isinstance(exc, InvalidInput) else f"invalid JSON: {exc}"
-            yield number, InvalidInput(message)
+            spec = spec_from_mapping(json.loads(line.decode("utf-8")), zone)
+        except InvalidInput as exc:
+            spec = exc
+        except UnicodeDecodeError as exc:
+            spec = InvalidInput(f"line is not UTF-8 text: {exc.reason} at byte {exc.start}")
+        except ValueError as exc:  # json.JSONDecodeError
+            spec = InvalidInput(f"invalid JSON: {exc}")
+        except RecursionError:
+            spec = InvalidInput("invalid JSON: nested too deeply")
+        yield number, spec
 
 
 def _create_from_file(path: str) -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     try:
-        stream: TextIO = (
-            sys.stdin if path == "-" else open(path, encoding="utf-8", errors="strict")  # noqa: SIM115
-        )
+        stream: BinaryIO = sys.stdin.buffer if path == "-" else open(path, "rb")  # noqa: SIM115
     except OSError as exc:
         raise InvalidInput(f"cannot read {path!r}: {exc}") from None
     total = None
@@ -144,11 +150,9 @@ def _create_from_file(path: str) -> None:
                 if live and n % 100 == 0:
                     progress.update(task, completed=n)
                     at = now()
-    except UnicodeDecodeError as exc:
-        raise InvalidInput(f"{path!r} is not UTF-8 text: {exc.reason} at byte {exc.start}") from None
     finally:
         sys.stdout.flush()
-        if stream is not sys.stdin:
+        if path != "-":
             stream.close()
     if bad:
         raise fail(f"{bad} line(s) were invalid; the valid ones were created", EXIT_INVALID)

@@ -55,7 +55,8 @@ def to_ms(dt: datetime) -> int:
 
 
 def from_ms(ms: int) -> datetime:
-    return datetime.fromtimestamp(ms / 1000, tz=UTC)
+    # Integer arithmetic: ms / 1000 as a float comes back a microsecond off from the year 2242 on.
+    return _EPOCH + timedelta(milliseconds=ms)
 
 
 def _row(timer: Timer) -> tuple[Any, ...]:
