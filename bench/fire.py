@@ -24,7 +24,7 @@ from timerctl.model import Timer
 from timerctl.stores.sqlite import SqliteStore
 
 
-def run_once(count: int, rate: float, lead: float = 3.0) -> dict[str, Any]:
+def run_once(count: int, rate: float, runners: int = 1, lead: float = 3.0) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="timerctl-bench-") as tmp:
         db, out = Path(tmp) / "fire.db", Path(tmp) / "received.jsonl"
         receiver, url = start_receiver(out)
@@ -35,36 +35,36 @@ def run_once(count: int, rate: float, lead: float = 3.0) -> dict[str, Any]:
             store.insert_many(timers[i : i + 5000])
         store.close()
         expiry = {t.timer_id: t.expiry_time.timestamp() for t in timers}
-        runner = subprocess.Popen(
-            [
-                timerctl_bin(),
-                "serve",
-                "runner",
-                "--log-level",
-                os.environ.get("BENCH_LOG_LEVEL", "WARNING"),
-                "--log-format",
-                "json",
-            ],
-            env=env_with(TIMERCTL_DB=str(db), TIMERCTL_POLL_INTERVAL="0.2", TIMERCTL_LOOKAHEAD="2"),
-        )
+        procs = [
+            subprocess.Popen(
+                [
+                    timerctl_bin(),
+                    "serve",
+                    "runner",
+                    "--log-format",
+                    "json",
+                    "--log-level",
+                    os.environ.get("BENCH_LOG_LEVEL", "WARNING"),
+                ],
+                env=env_with(TIMERCTL_DB=str(db), TIMERCTL_POLL_INTERVAL="0.2", TIMERCTL_LOOKAHEAD="2"),
+            )
+            for _ in range(runners)
+        ]
         window = count / rate
         deadline = time.time() + lead + window + 60
         check = SqliteStore(str(db))
         try:
             while time.time() < deadline:
                 counts = check.counts()
-                if (
-                    sum(counts.values())
-                    - counts[next(s for s in counts if s.value == "Scheduled")]
-                    - counts[next(s for s in counts if s.value == "Running")]
-                    >= count
-                ):
+                if sum(n for status, n in counts.items() if status.is_final) >= count:
                     break
                 time.sleep(0.5)
         finally:
             check.close()
-            runner.terminate()
-            runner.wait(timeout=60)
+            for proc in procs:
+                proc.terminate()
+            for proc in procs:
+                proc.wait(timeout=60)
         got = stop_receiver(receiver, out)
     first = {}
     for item in got:
@@ -74,6 +74,7 @@ def run_once(count: int, rate: float, lead: float = 3.0) -> dict[str, Any]:
     return {
         "count": count,
         "rate": rate,
+        "runners": runners,
         "delivered": len(first),
         "duplicates": len(got) - len(first),
         "p50_ms": percentile(late, 50),
@@ -88,19 +89,32 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--count", type=int, default=10_000)
     parser.add_argument("--rate", type=float, default=1000.0)
+    parser.add_argument("--runners", type=int, default=1, help="runner processes sharing the store")
     parser.add_argument("--search", action="store_true", help="raise the rate until p99 > 100 ms")
     args = parser.parse_args()
     rows = []
     if args.search:
         for rate in (1000, 2000, 3000, 4000, 5000, 6000, 8000):
-            row = run_once(max(args.count, int(rate * 5)), rate)
+            row = run_once(max(args.count, int(rate * 5)), rate, args.runners)
             rows.append(row)
             if row["p99_ms"] > 100 or row["delivered"] < row["count"]:
                 break
     else:
-        rows.append(run_once(args.count, args.rate))
-    columns = ["count", "rate", "delivered", "duplicates", "p50_ms", "p90_ms", "p99_ms", "max_ms", "achieved_per_s"]
-    report("fire-search" if args.search else f"fire-{int(args.rate)}", rows, columns)
+        rows.append(run_once(args.count, args.rate, args.runners))
+    columns = [
+        "count",
+        "rate",
+        "runners",
+        "delivered",
+        "duplicates",
+        "p50_ms",
+        "p90_ms",
+        "p99_ms",
+        "max_ms",
+        "achieved_per_s",
+    ]
+    name = "fire-search" if args.search else f"fire-{int(args.rate)}"
+    report(name + (f"-x{args.runners}" if args.runners > 1 else ""), rows, columns)
 
 
 if __name__ == "__main__":
