@@ -127,6 +127,10 @@ class Consumer:
                 request_timeout_ms=self.max_poll_interval_ms + 5000,
                 api_version_auto_timeout_ms=2000,
                 reconnect_backoff_max_ms=1000,
+                # A fetch answer may exceed kafka-python's 1 MB frame limit (Tansu does not cut it at
+                # fetch_max_bytes): allow frames well above the fetch size instead of failing the fetch.
+                fetch_max_bytes=16 * 1024 * 1024,
+                receive_message_max_bytes=64 * 1024 * 1024,
             )
             self.consumer.subscribe([self.topic])
         except KafkaError as exc:
