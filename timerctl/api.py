@@ -28,7 +28,7 @@ from timerctl.config import Settings
 from timerctl.daemons.lifecycle import StopFlag, Watchdog, notify
 from timerctl.model import BackendUnavailable, Conflict, InvalidInput, NotFound, Timer, TimerError
 from timerctl.model import validate_timer_id as _valid_id
-from timerctl.service import TimerService
+from timerctl.service import TimerService, health_report
 from timerctl.spec import spec_from_mapping
 
 log = logging.getLogger(__name__)
@@ -171,16 +171,7 @@ def cancel_timer(timerId: str, backends: Backends) -> JSONResponse:
 def health(backends: Backends) -> JSONResponse:
     """Each backend (store, queue, cache) with its round trip: 200 when all answer, 503 when one does not."""
     parts = backends.ready("store", "queue", "cache").check()
-    report = {
-        name: {
-            "backend": backend,
-            "ok": error is None,
-            "rttMs": round(rtt * 1000, 2) if rtt is not None else None,
-            "error": error,
-        }
-        for name, (backend, rtt, error) in parts.items()
-    }
-    return JSONResponse(report, status_code=503 if any(e for _, _, e in parts.values()) else 200)
+    return JSONResponse(health_report(parts), status_code=503 if any(e for _, _, e in parts.values()) else 200)
 
 
 def _validation_error(request: Request, exc: Exception) -> JSONResponse:

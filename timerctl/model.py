@@ -287,33 +287,30 @@ class Timer:
 
     def to_json(self, now: datetime) -> dict[str, Any]:
         """The public JSON form (field names of the HTTP service timerctl replaces)."""
-        return {
-            "timerId": self.timer_id,
-            "webhookUrl": self.webhook_url,
-            "expiryTime": format_instant(self.expiry_time),
-            "createdAt": format_instant(self.created_at),
-            "timerStatus": self.status.value,
-            "timeLeft": self.time_left(now),
-            "payload": self.payload,
-            "attempts": self.attempts,
-            "firedAt": format_instant(self.fired_at) if self.fired_at else None,
-            "lastError": self.last_error,
-        }
+        return self._public(time_left=self.time_left(now))
 
     def to_record(self) -> dict[str, Any]:
         """The wire form used on the queue and in the cache: public fields, no derived ``timeLeft``."""
-        return {
+        data = self._public()
+        data["dueAt"] = format_instant(self.due_at)
+        return data
+
+    def _public(self, time_left: int | None = None) -> dict[str, Any]:
+        """The public fields in their documented order, with ``timeLeft`` when given."""
+        data: dict[str, Any] = {
             "timerId": self.timer_id,
             "webhookUrl": self.webhook_url,
             "expiryTime": format_instant(self.expiry_time),
             "createdAt": format_instant(self.created_at),
             "timerStatus": self.status.value,
-            "payload": self.payload,
-            "attempts": self.attempts,
-            "firedAt": format_instant(self.fired_at) if self.fired_at else None,
-            "lastError": self.last_error,
-            "dueAt": format_instant(self.due_at),
         }
+        if time_left is not None:
+            data["timeLeft"] = time_left
+        data["payload"] = self.payload
+        data["attempts"] = self.attempts
+        data["firedAt"] = format_instant(self.fired_at) if self.fired_at else None
+        data["lastError"] = self.last_error
+        return data
 
     @classmethod
     def from_record(cls, data: Any) -> Timer:

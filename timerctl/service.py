@@ -193,6 +193,19 @@ class TimerService:
         return parts
 
 
+def health_report(parts: dict[str, tuple[str, float | None, str | None]]) -> dict[str, dict[str, Any]]:
+    """``TimerService.check`` as JSON: per part its backend, ok, round trip in ms and error."""
+    return {
+        name: {
+            "backend": backend,
+            "ok": error is None,
+            "rttMs": round(rtt * 1000, 2) if rtt is not None else None,
+            "error": error,
+        }
+        for name, (backend, rtt, error) in parts.items()
+    }
+
+
 def _same_or_conflict(spec: TimerSpec, existing: Timer) -> Timer:
     if spec.matches(existing):
         return existing

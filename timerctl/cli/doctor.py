@@ -5,6 +5,7 @@ from typing import Annotated
 import typer
 
 from timerctl.cli.common import EXIT_UNAVAILABLE, out, print_json, service
+from timerctl.service import health_report
 
 
 def doctor(as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON only.")] = False) -> None:
@@ -13,17 +14,7 @@ def doctor(as_json: Annotated[bool, typer.Option("--json", help="Print machine-r
         parts = svc.check()
     down = [name for name, (_, _, error) in parts.items() if error]
     if as_json:
-        print_json(
-            {
-                name: {
-                    "backend": backend,
-                    "ok": error is None,
-                    "rttMs": round(rtt * 1000, 2) if rtt is not None else None,
-                    "error": error,
-                }
-                for name, (backend, rtt, error) in parts.items()
-            }
-        )
+        print_json(health_report(parts))
     else:
         from rich.table import Table
 
