@@ -231,10 +231,6 @@ def local_argv(argv: list[str]) -> list[str]:
     return [TIMERCTL, *argv[1:]]
 
 
-def has_serve_api() -> bool:
-    return subprocess.run([TIMERCTL, "serve", "api", "--help"], capture_output=True, timeout=30).returncode == 0
-
-
 # -- systemd ------------------------------------------------------------------------------------------
 
 
@@ -310,8 +306,6 @@ def test_unit_contract(role: str) -> None:
 
 @pytest.mark.parametrize("role", ROLES)
 def test_unit_command_line_is_accepted(role: str) -> None:
-    if role == "api" and not has_serve_api():
-        pytest.skip("`timerctl serve api` does not exist yet")
     argv = shlex.split(service(role)["ExecStart"][-1])
     done = subprocess.run([TIMERCTL, *argv[1:], "--help"], capture_output=True, text=True, timeout=30)
     assert done.returncode == 0, done.stderr
@@ -568,8 +562,6 @@ def test_api_health_check_probe(receiver: Receiver) -> None:
 
 
 def test_api_health_check_against_the_api(tmp_path: Path, daemon_procs: list[Daemon]) -> None:
-    if not has_serve_api():
-        pytest.skip("`timerctl serve api` does not exist yet")
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
