@@ -296,6 +296,48 @@ def test_a_lapsed_lease_does_not_make_a_runner_fire_its_own_delivery_again(
     assert len(receiver.wait_for(1, timeout=1)) == 1
 
 
+class StalledWritesRunner(NoRenewRunner):
+    """A runner whose outcome writes stall (as in a store locked for longer than the lease) until ``unstall``."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.unstall = threading.Event()
+
+    def flush(self, timeout: float = 0.0) -> int:
+        if not self.unstall.is_set():
+            self.unstall.wait(timeout)
+            return 0
+        return super().flush(timeout)
+
+
+def test_a_lapsed_lease_does_not_make_a_runner_fire_a_delivery_awaiting_its_write_again(
+    tmp_path: Path, store: SqliteStore, receiver: Receiver
+) -> None:
+    store.insert(make_timer("t-unwritten", receiver.url(), now()))
+
+    with running(settings_for(tmp_path, lease=1), StalledWritesRunner) as runner:
+        assert isinstance(runner, StalledWritesRunner)
+        receiver.wait_for(1, timeout=5)
+        leases: set[datetime] = set()
+
+        def claimed_again() -> bool:
+            timer = store.get("t-unwritten")
+            if timer is not None and timer.lease_until is not None:
+                leases.add(timer.lease_until)
+            return len(leases) >= 3
+
+        # Delivered, its outcome not written: the lease lapses and the runner's own claim takes it again,
+        # twice (renewals are off, so each new lease is a new claim; by the third, the loop has long seen
+        # the second).
+        wait_until(claimed_again, timeout=8, message="two re-claims of the delivered timer")
+        runner.unstall.set()
+        done = wait_until(lambda: (t := store.get("t-unwritten")) and t.status is Status.FINISHED and t, timeout=5)
+
+    assert started(runner) == ["t-unwritten"]
+    assert done.attempts == 1
+    assert len(receiver.requests) == 1
+
+
 def test_stop_releases_unstarted_claims_and_waits_for_inflight(
     tmp_path: Path, store: SqliteStore, receiver: Receiver
 ) -> None:

@@ -90,6 +90,7 @@ class Runner:
         self._pending: dict[str, asyncio.TimerHandle] = {}  # loop thread only
         self._inflight: set[asyncio.Task[None]] = set()  # loop thread only
         self._firing: set[str] = set()  # ids being POSTed; loop thread only
+        self._unrecorded: set[str] = set()  # ids POSTed whose outcome is not in the store yet; loop thread only
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="timerctl-fire", daemon=True)
         self._scheduler = schedule.Scheduler()
@@ -194,6 +195,7 @@ class Runner:
             self._store_unavailable(exc)
             return 0
         self._unwritten = []
+        self._loop.call_soon_threadsafe(self._unrecorded.difference_update, [t.timer_id for t, _ in batch])
         updated = []
         for timer, outcome in batch:
             self.held.pop(timer.timer_id, None)
@@ -240,8 +242,11 @@ class Runner:
     def _schedule_fire(self, timers: list[Timer]) -> None:
         now = self.clock()
         for timer in timers:
-            if timer.timer_id in self._pending or timer.timer_id in self._firing:
-                continue  # a re-claim of our own (its lease lapsed) must not start a second POST
+            tid = timer.timer_id
+            if tid in self._pending or tid in self._firing or tid in self._unrecorded:
+                # A re-claim of our own (its lease lapsed while the store was slow or down) must not start a
+                # second POST: the one made is recorded by the next flush, which the new lease lets through.
+                continue
             delay = max(0.0, (timer.due_at - now).total_seconds())
             self._pending[timer.timer_id] = self._loop.call_later(delay, self._fire, timer)
 
@@ -281,7 +286,9 @@ class Runner:
             extra={"timer_id": timer.timer_id, "event": "fired", "lateness": lateness, "status": outcome.status.value},
         )
         self.fired += 1
-        self._firing.discard(timer.timer_id)  # before the outcome is out, so a retry claimed at once can fire
+        # Before the outcome is out, so a retry claimed once it is recorded can fire (flush clears the mark).
+        self._firing.discard(timer.timer_id)
+        self._unrecorded.add(timer.timer_id)
         self._outcomes.put((timer, outcome))
 
     async def _take_unstarted(self) -> list[str]:
