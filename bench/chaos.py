@@ -1,9 +1,10 @@
 """Chaos: the reliability scenarios at full size — crashes, outages and load — counting every timer.
 
-    python bench/chaos.py                                  # every scenario, full size (about 7 min here)
+    python bench/chaos.py                                  # every scenario, full size (about 8 min here)
     python bench/chaos.py --only crash,load                # some of them
     python bench/chaos.py --timers 2000 --load-timers 5000 --load-window 20 --down 10   # smaller
     TIMERCTL_CHAOS_SEED=123 python bench/chaos.py --only crash                         # replay kill instants
+    python bench/chaos.py --keep /tmp/chaos                # keep every store, daemon log and receipt
 
 Scenarios (``tests/reliability/scenarios.py``; ``tests/reliability/test_faults.py`` runs them at CI size):
 
@@ -16,9 +17,10 @@ Scenarios (``tests/reliability/scenarios.py``; ``tests/reliability/test_faults.p
 - store locked: another connection holds SQLite's write lock 5 s (3 times, lease 2 s) under a runner.
 - load: 3 runners and 2 consumers sharing 50,000 timers due within one minute; p50/p99 lateness.
 
-Uses ``$TIMERCTL_TEST_KAFKA_BOOTSTRAP`` when set, else a Tansu broker of its own (the broker scenario
-always takes a private Tansu), and a ``redis-server`` of its own on a free port. Prints a table and
-writes every measurement to bench/results/chaos.json.
+Each Kafka scenario gets a Tansu broker of its own (see test_faults.py's ``kafka_env`` for why), or a new
+topic on ``$TIMERCTL_TEST_KAFKA_BOOTSTRAP`` when that is set (the broker scenario always takes a Tansu);
+Redis is a ``redis-server`` of the bench's own on a free port. Prints a table and writes every
+measurement to bench/results/chaos.json.
 """
 
 from __future__ import annotations
@@ -41,12 +43,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from kafka.errors import TopicAlreadyExistsError
 
-from tests.fixtures_kafka import TOPIC_PARTITIONS, create_topics, start_broker
+from tests.fixtures_kafka import TOPIC_PARTITIONS, TansuBroker, create_topics, start_broker
 from tests.reliability import scenarios as sc
 
 SCENARIOS = ("crash", "receiver", "redis", "broker", "store", "load")
 CONCURRENCY = 32
-
+COLUMNS = ["scenario", "timers", "kills", "lost", "duplicates", "p50_ms", "p99_ms", "max_ms", "recovery_s", "seconds"]
 
 #: Where scenarios keep their store, logs and receipts: a temporary folder each, unless --keep DIR.
 KEEP: Path | None = None
@@ -63,10 +65,26 @@ def workdir() -> Iterator[Path]:
         yield Path(tmp)
 
 
-def new_topic(bootstrap: str) -> str:
+def make_topics(bootstrap: str, topic: str) -> None:
+    with contextlib.suppress(TopicAlreadyExistsError):  # Tansu auto-creates a topic on first use
+        create_topics(bootstrap, {topic: TOPIC_PARTITIONS, f"{topic}.dlq": 1})
+
+
+@contextlib.contextmanager
+def kafka(tansu: bool = False) -> Iterator[tuple[str, str, TansuBroker | None]]:
+    """(bootstrap, topic, the broker when it is ours): a fresh Tansu unless $TIMERCTL_TEST_KAFKA_BOOTSTRAP."""
+    given = os.environ.get("TIMERCTL_TEST_KAFKA_BOOTSTRAP")
     topic = f"chaos-{uuid.uuid4().hex[:8]}"
-    create_topics(bootstrap, {topic: TOPIC_PARTITIONS, f"{topic}.dlq": 1})
-    return topic
+    if given and not tansu:
+        make_topics(given, topic)
+        yield given, topic, None
+        return
+    broker = start_broker()
+    try:
+        make_topics(broker.bootstrap, topic)
+        yield broker.bootstrap, topic, broker
+    finally:
+        broker.stop()
 
 
 def flush_redis(url: str) -> None:
@@ -91,6 +109,74 @@ def timed(label: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     return row
 
 
+def scenarios(args: argparse.Namespace, seed: int, redis_url: str) -> Iterator[tuple[str, Callable[[], Any]]]:
+    """(label, run) for every scenario asked for, in order."""
+
+    def env_for(work: Path, bootstrap: str = "", topic: str = "", **extra: str) -> dict[str, str]:
+        flush_redis(redis_url)
+        settings = {"kafka_bootstrap": bootstrap, "topic": topic, "redis_url": redis_url, "poll_interval": "0.2"}
+        return sc.scenario_env(work, **settings, **extra)
+
+    def crash(target: str, n: int) -> dict[str, Any]:
+        with workdir() as work, kafka() as (bootstrap, topic, _):
+            env = env_for(
+                work, bootstrap, topic, lease="2s", concurrency=str(CONCURRENCY), per_host_concurrency=str(CONCURRENCY)
+            )
+            return sc.crash_scenario(
+                env,
+                work,
+                target=target,
+                timers=args.timers,
+                kills=args.kills,
+                seed=seed + n,
+                lead=4.0,
+                spread=6.0,
+                settle_timeout=180,
+            )
+
+    def receiver() -> dict[str, Any]:
+        with workdir() as work:
+            return sc.receiver_outage_scenario(
+                env_for(work), work, timers=1000, down=args.down, spread=5.0, first_delay=0.5, max_delay=8.0
+            )
+
+    def redis_down() -> dict[str, Any]:
+        binary = sc.redis_server_binary()
+        assert binary is not None, "redis-server is not installed"
+        with workdir() as work, kafka() as (bootstrap, topic, _):
+            return summarize_redis(sc.redis_outage_scenario(env_for(work, bootstrap, topic), work, binary))
+
+    def broker_down() -> dict[str, Any]:
+        with workdir() as work, kafka(tansu=True) as (bootstrap, topic, broker):
+            env = env_for(work, bootstrap, topic)
+            return sc.broker_outage_scenario(
+                env, work, broker, lambda: make_topics(bootstrap, topic), timers=2000, down=args.down
+            )
+
+    def store_locked() -> dict[str, Any]:
+        with workdir() as work:
+            return sc.store_stall_scenario(env_for(work), work, timers=3000, stalls=3, hold=5.0, lease=2.0)
+
+    def load() -> dict[str, Any]:
+        with workdir() as work, kafka() as (bootstrap, topic, _):
+            env = env_for(work, bootstrap, topic)
+            return sc.load_scenario(env, work, timers=args.load_timers, window=args.load_window)
+
+    if "crash" in args.only:
+        for n, target in enumerate(("consumer", "runner", "both")):
+            yield f"crash {target}", lambda target=target, n=n: crash(target, n)
+    runs: dict[str, Callable[[], dict[str, Any]]] = {
+        "receiver": receiver,
+        "redis": redis_down,
+        "broker": broker_down,
+        "store": store_locked,
+        "load": load,
+    }
+    for name, run in runs.items():
+        if name in args.only:
+            yield name, run
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", default=",".join(SCENARIOS), help=f"comma-separated: {', '.join(SCENARIOS)}")
@@ -103,140 +189,28 @@ def main() -> None:
     args = parser.parse_args()
     global KEEP
     KEEP = args.keep
-    only = set(args.only.split(","))
-    unknown = only - set(SCENARIOS)
+    args.only = set(args.only.split(","))
+    unknown = args.only - set(SCENARIOS)
     if unknown:
         parser.error(f"unknown scenario(s) {sorted(unknown)}; choose from {', '.join(SCENARIOS)}")
     seed = sc.new_seed()
     print(f"chaos seed {seed} (replay with TIMERCTL_CHAOS_SEED={seed})", flush=True)
 
     rows: list[dict[str, Any]] = []
-    given = os.environ.get("TIMERCTL_TEST_KAFKA_BOOTSTRAP")
-    broker = None if given else start_broker()
-    bootstrap = given or broker.bootstrap  # type: ignore[union-attr]
-    redis_binary = sc.redis_server_binary()
+    binary = sc.redis_server_binary()
     with workdir() as redis_dir:
-        redis = sc.RedisServer(redis_binary, redis_dir) if redis_binary else None
+        redis = sc.RedisServer(binary, redis_dir) if binary else None
         try:
             if redis is not None:
                 redis.start()
-            redis_url = redis.url if redis is not None else ""
-
-            def kafka_env(work: Path, **extra: str) -> dict[str, str]:
-                flush_redis(redis_url)
-                return sc.scenario_env(
-                    work,
-                    kafka_bootstrap=bootstrap,
-                    topic=new_topic(bootstrap),
-                    redis_url=redis_url,
-                    poll_interval="0.2",
-                    **extra,
-                )
-
-            if "crash" in only:
-                for n, target in enumerate(("consumer", "runner", "both")):
-
-                    def crash(target: str = target, n: int = n) -> dict[str, Any]:
-                        with workdir() as work:
-                            env = kafka_env(
-                                work, lease="2s", concurrency=str(CONCURRENCY), per_host_concurrency=str(CONCURRENCY)
-                            )
-                            return sc.crash_scenario(
-                                env,
-                                work,
-                                target=target,
-                                timers=args.timers,
-                                kills=args.kills,
-                                seed=seed + n,
-                                lead=4.0,
-                                spread=6.0,
-                                settle_timeout=180,
-                            )
-
-                    rows.append(timed(f"crash {target}", crash))
-            if "receiver" in only:
-
-                def receiver() -> dict[str, Any]:
-                    with workdir() as work:
-                        env = sc.scenario_env(work, redis_url=redis_url, poll_interval="0.2")
-                        return sc.receiver_outage_scenario(
-                            env, work, timers=1000, down=args.down, spread=5.0, first_delay=0.5, max_delay=8.0
-                        )
-
-                rows.append(timed("receiver down", receiver))
-            if "redis" in only and redis_binary:
-
-                def redis_down() -> dict[str, Any]:
-                    with workdir() as work:
-                        row = sc.redis_outage_scenario(kafka_env(work), work, redis_binary)
-                        return summarize_redis(row)
-
-                rows.append(timed("redis down", redis_down))
-            if "broker" in only:
-
-                def broker_down() -> dict[str, Any]:
-                    private = start_broker()
-                    try:
-                        with workdir() as work:
-
-                            def make_topics() -> None:
-                                with contextlib.suppress(TopicAlreadyExistsError):
-                                    create_topics(private.bootstrap, {"chaos": TOPIC_PARTITIONS, "chaos.dlq": 1})
-
-                            make_topics()
-                            env = sc.scenario_env(
-                                work,
-                                kafka_bootstrap=private.bootstrap,
-                                topic="chaos",
-                                redis_url=redis_url,
-                                poll_interval="0.2",
-                            )
-                            return sc.broker_outage_scenario(
-                                env, work, private, make_topics, timers=2000, down=args.down
-                            )
-                    finally:
-                        private.stop()
-
-                rows.append(timed("broker down", broker_down))
-            if "store" in only:
-
-                def store_locked() -> dict[str, Any]:
-                    with workdir() as work:
-                        env = sc.scenario_env(work, redis_url=redis_url, poll_interval="0.2")
-                        return sc.store_stall_scenario(env, work, timers=3000, stalls=3, hold=5.0, lease=2.0)
-
-                rows.append(timed("store locked", store_locked))
-            if "load" in only:
-
-                def load() -> dict[str, Any]:
-                    with workdir() as work:
-                        return sc.load_scenario(kafka_env(work), work, timers=args.load_timers, window=args.load_window)
-
-                rows.append(timed("load", load))
+            for label, run in scenarios(args, seed, redis.url if redis is not None else ""):
+                rows.append(timed(label, run))
         finally:
             if redis is not None:
                 redis.stop()
-            if broker is not None:
-                broker.stop()
     for row in rows:
         row["ok"] = verdict(row)
-    report(
-        "chaos",
-        rows,
-        [
-            "scenario",
-            "timers",
-            "kills",
-            "lost",
-            "duplicates",
-            "p50_ms",
-            "p99_ms",
-            "max_ms",
-            "recovery_s",
-            "seconds",
-            "ok",
-        ],
-    )
+    report("chaos", rows, [*COLUMNS, "ok"])
 
 
 def summarize_redis(row: dict[str, Any]) -> dict[str, Any]:
@@ -265,7 +239,7 @@ def verdict(row: dict[str, Any]) -> str:
     if "error" in row:
         return "ERROR"
     problems = []
-    if row.get("lost"):
+    if row.get("lost") or row.get("before: lost") or row.get("after: lost"):
         problems.append("lost")
     if row.get("unexplained_duplicates"):
         problems.append("duplicates outside kills")

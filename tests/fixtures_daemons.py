@@ -23,6 +23,8 @@ def distributed_env(tmp_path: Path, kafka_bootstrap: str, kafka_topic: str, redi
         TIMERCTL_DB=str(tmp_path / "timers.db"),
         TIMERCTL_KAFKA_BOOTSTRAP=kafka_bootstrap,
         TIMERCTL_TOPIC=kafka_topic,
+        # Groups of this test's own: a member killed by another test can wedge a shared group on Tansu.
+        TIMERCTL_GROUP_PREFIX=kafka_topic,
         TIMERCTL_REDIS_URL=redis_url,
         TIMERCTL_POLL_INTERVAL="0.2",
         TIMERCTL_RETRY_FIRST_DELAY="0.2",

@@ -354,6 +354,7 @@ def test_consumer_ready_stopping(
         NOTIFY_SOCKET=notify_socket.address,
         TIMERCTL_KAFKA_BOOTSTRAP=kafka_bootstrap,
         TIMERCTL_TOPIC=kafka_topic,
+        TIMERCTL_GROUP_PREFIX=kafka_topic,
     )
     if watchdog:
         env["WATCHDOG_USEC"] = str(WATCHDOG_USEC)

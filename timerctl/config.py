@@ -43,6 +43,7 @@ class Settings:
     db: str = ""
     kafka_bootstrap: str = ""
     topic: str = "timers"
+    group_prefix: str = "timerctl"
     mongo_uri: str = ""
     redis_url: str = ""
     max_horizon: float = 365 * 86400.0
@@ -63,6 +64,16 @@ class Settings:
     signing_secret_previous: str = ""
     block_private_targets: bool = False
     allowed_targets: str = ""
+
+    @property
+    def consumer_group(self) -> str:
+        """The persisting consumers' Kafka group."""
+        return f"{self.group_prefix}-consumer"
+
+    @property
+    def runner_group(self) -> str:
+        """The runners' Kafka group (the near-term fan-out)."""
+        return f"{self.group_prefix}-runner"
 
     @property
     def horizon(self) -> timedelta:

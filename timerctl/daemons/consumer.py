@@ -310,7 +310,7 @@ def serve(
     stop: StopFlag,
     store: Store | None = None,
     *,
-    group_id: str = GROUP_ID,
+    group_id: str | None = None,
     max_records: int = MAX_RECORDS,
     max_poll_interval_ms: int = MAX_POLL_INTERVAL_MS,
 ) -> int:
@@ -327,7 +327,11 @@ def serve(
         if daemon_store is None:
             return 0
     consumer = Consumer(
-        settings, daemon_store, group_id=group_id, max_records=max_records, max_poll_interval_ms=max_poll_interval_ms
+        settings,
+        daemon_store,
+        group_id=group_id or settings.consumer_group,
+        max_records=max_records,
+        max_poll_interval_ms=max_poll_interval_ms,
     )
     log.info("consumer starting: %s", settings.describe())
     try:

@@ -1,6 +1,6 @@
 """The runners' fan-out from Kafka: near-term creates reach a runner without waiting for a store poll.
 
-Runners form their own consumer group (``timerctl-runner``) next to the persisting one. A create due
+Runners form their own consumer group (``<TIMERCTL_GROUP_PREFIX>-runner``) next to the persisting one. A create due
 within ``window`` is inserted into the store by the runner that sees it (idempotent, first write wins,
 so a racing consumer or a tombstone is never overwritten) and the runner claims at once, still through
 the store: the claim is what keeps a timer from firing twice.
@@ -21,7 +21,6 @@ from timerctl.stores.base import Store
 
 log = logging.getLogger(__name__)
 
-GROUP_ID = "timerctl-runner"
 
 
 class NearTermFeed(Consumer):
@@ -30,7 +29,7 @@ class NearTermFeed(Consumer):
     def __init__(
         self, settings: Settings, store: Store, clock: Clock, wake: Callable[[], None], window: timedelta
     ) -> None:
-        super().__init__(settings, store, group_id=GROUP_ID)
+        super().__init__(settings, store, group_id=settings.runner_group)
         self.clock = clock
         self.wake = wake
         self.window = window
