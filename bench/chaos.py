@@ -6,7 +6,7 @@
     TIMERCTL_CHAOS_SEED=123 python bench/chaos.py --only crash                         # replay kill instants
     python bench/chaos.py --keep /tmp/chaos                # keep every store, daemon log and receipt
 
-Scenarios (``tests/reliability/scenarios.py``; ``tests/reliability/test_faults.py`` runs them at CI size):
+Scenarios (``tests/reliability/scenarios.py`` and ``outages.py``; ``test_faults.py`` there runs them at CI size):
 
 - crash consumer|runner|both: SIGKILL at seeded random instants while 10,000 timers are created through
   Kafka and fall due over a few seconds, restart; count lost and duplicated deliveries.
@@ -44,7 +44,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from kafka.errors import TopicAlreadyExistsError
 
 from tests.fixtures_kafka import TOPIC_PARTITIONS, TansuBroker, create_topics, start_broker
-from tests.reliability import scenarios as sc
+from tests.reliability import harness as h
+from tests.reliability import outages, scenarios
 
 SCENARIOS = ("crash", "receiver", "redis", "broker", "store", "load")
 CONCURRENCY = 32
@@ -109,20 +110,20 @@ def timed(label: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     return row
 
 
-def scenarios(args: argparse.Namespace, seed: int, redis_url: str) -> Iterator[tuple[str, Callable[[], Any]]]:
+def planned(args: argparse.Namespace, seed: int, redis_url: str) -> Iterator[tuple[str, Callable[[], Any]]]:
     """(label, run) for every scenario asked for, in order."""
 
     def env_for(work: Path, bootstrap: str = "", topic: str = "", **extra: str) -> dict[str, str]:
         flush_redis(redis_url)
         settings = {"kafka_bootstrap": bootstrap, "topic": topic, "redis_url": redis_url, "poll_interval": "0.2"}
-        return sc.scenario_env(work, **settings, **extra)
+        return h.scenario_env(work, **settings, **extra)
 
     def crash(target: str, n: int) -> dict[str, Any]:
         with workdir() as work, kafka() as (bootstrap, topic, _):
             env = env_for(
                 work, bootstrap, topic, lease="2s", concurrency=str(CONCURRENCY), per_host_concurrency=str(CONCURRENCY)
             )
-            return sc.crash_scenario(
+            return scenarios.crash_scenario(
                 env,
                 work,
                 target=target,
@@ -135,32 +136,33 @@ def scenarios(args: argparse.Namespace, seed: int, redis_url: str) -> Iterator[t
             )
 
     def receiver() -> dict[str, Any]:
+        spread = max(1.0, min(5.0, args.down - 2))  # every first attempt must fail while it is down
         with workdir() as work:
-            return sc.receiver_outage_scenario(
-                env_for(work), work, timers=1000, down=args.down, spread=5.0, first_delay=0.5, max_delay=8.0
+            return outages.receiver_outage_scenario(
+                env_for(work), work, timers=1000, down=args.down, spread=spread, first_delay=0.5, max_delay=8.0
             )
 
     def redis_down() -> dict[str, Any]:
-        binary = sc.redis_server_binary()
+        binary = h.redis_server_binary()
         assert binary is not None, "redis-server is not installed"
         with workdir() as work, kafka() as (bootstrap, topic, _):
-            return summarize_redis(sc.redis_outage_scenario(env_for(work, bootstrap, topic), work, binary))
+            return summarize_redis(outages.redis_outage_scenario(env_for(work, bootstrap, topic), work, binary))
 
     def broker_down() -> dict[str, Any]:
         with workdir() as work, kafka(tansu=True) as (bootstrap, topic, broker):
             env = env_for(work, bootstrap, topic)
-            return sc.broker_outage_scenario(
+            return outages.broker_outage_scenario(
                 env, work, broker, lambda: make_topics(bootstrap, topic), timers=2000, down=args.down
             )
 
     def store_locked() -> dict[str, Any]:
         with workdir() as work:
-            return sc.store_stall_scenario(env_for(work), work, timers=3000, stalls=3, hold=5.0, lease=2.0)
+            return scenarios.store_stall_scenario(env_for(work), work, timers=3000, stalls=3, hold=5.0, lease=2.0)
 
     def load() -> dict[str, Any]:
         with workdir() as work, kafka() as (bootstrap, topic, _):
             env = env_for(work, bootstrap, topic)
-            return sc.load_scenario(env, work, timers=args.load_timers, window=args.load_window)
+            return scenarios.load_scenario(env, work, timers=args.load_timers, window=args.load_window)
 
     if "crash" in args.only:
         for n, target in enumerate(("consumer", "runner", "both")):
@@ -193,17 +195,17 @@ def main() -> None:
     unknown = args.only - set(SCENARIOS)
     if unknown:
         parser.error(f"unknown scenario(s) {sorted(unknown)}; choose from {', '.join(SCENARIOS)}")
-    seed = sc.new_seed()
+    seed = h.new_seed()
     print(f"chaos seed {seed} (replay with TIMERCTL_CHAOS_SEED={seed})", flush=True)
 
     rows: list[dict[str, Any]] = []
-    binary = sc.redis_server_binary()
+    binary = h.redis_server_binary()
     with workdir() as redis_dir:
-        redis = sc.RedisServer(binary, redis_dir) if binary else None
+        redis = h.RedisServer(binary, redis_dir) if binary else None
         try:
             if redis is not None:
                 redis.start()
-            for label, run in scenarios(args, seed, redis.url if redis is not None else ""):
+            for label, run in planned(args, seed, redis.url if redis is not None else ""):
                 rows.append(timed(label, run))
         finally:
             if redis is not None:

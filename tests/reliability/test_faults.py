@@ -2,9 +2,9 @@
 
 Every test runs ``timerctl serve consumer|runner`` and the ``timerctl`` CLI as subprocesses against the
 embedded SQLite store (the shared store), a Kafka-protocol broker and Redis, with ``bench/receiver.py``
-as the webhook target; the scenarios themselves are in ``scenarios.py`` and run at full size by
-``bench/chaos.py``. Random kill instants come from a seed printed by each test (and named in its failure
-message); ``TIMERCTL_CHAOS_SEED=N`` replays one.
+as the webhook target. The scenarios themselves are in ``scenarios.py`` and ``outages.py``, which
+``bench/chaos.py`` runs at full size. Random kill instants come from a seed each test prints (and names
+in its failure message); ``TIMERCTL_CHAOS_SEED=N`` replays one.
 
 The broker is Tansu, which keeps everything in memory: a restart loses every topic, record and committed
 offset. A create acknowledged but not yet consumed when Tansu stops is therefore lost with this broker
@@ -24,17 +24,9 @@ import pytest
 from kafka.errors import TopicAlreadyExistsError
 
 from tests.fixtures_kafka import TOPIC_PARTITIONS, TansuBroker, create_topics
-from tests.reliability.scenarios import (
-    broker_outage_scenario,
-    crash_scenario,
-    load_scenario,
-    new_seed,
-    receiver_outage_scenario,
-    redis_outage_scenario,
-    redis_server_binary,
-    scenario_env,
-    store_stall_scenario,
-)
+from tests.reliability.harness import new_seed, redis_server_binary, scenario_env
+from tests.reliability.outages import broker_outage_scenario, receiver_outage_scenario, redis_outage_scenario
+from tests.reliability.scenarios import crash_scenario, load_scenario, store_stall_scenario
 
 #: Delivery bound of each runner in the crash tests (its POSTs in flight at once).
 CONCURRENCY = 32
@@ -62,10 +54,10 @@ def make_topics(broker: TansuBroker) -> None:
 def kafka_env(tmp_path: Path, private_kafka_broker: TansuBroker, redis_url: str) -> dict[str, str]:
     """Settings on a broker of the test's own, not the session's.
 
-    The daemons' consumer groups have fixed names, and Tansu does not always evict a member killed (or
-    stopped) in the middle of a rebalance: that ghost can stay the group's leader and keep every later
-    member of the group without partitions (seen for minutes; Kafka evicts it after the session timeout,
-    KAFKA-12890). On the session's broker one test's kills could so wedge the groups of the tests after it.
+    Tansu does not always evict a member killed (or stopped) in the middle of a rebalance: that ghost can
+    stay its group's leader and keep every later member of the group without partitions (seen for minutes;
+    Kafka evicts it after the session timeout, KAFKA-12890). These tests kill daemons on purpose, so they
+    keep their groups, and whatever Tansu remembers of them, away from every other test's.
     """
     make_topics(private_kafka_broker)
     return scenario_env(
@@ -100,7 +92,10 @@ def test_sigkill_at_random_points_loses_no_acknowledged_timer(
 
 
 def test_receiver_down_then_back_retries_with_backoff_and_delivers(tmp_path: Path, redis_url: str) -> None:
-    """The receiver is killed just before 200 timers fall due and started on the same port 8 s later."""
+    """The receiver stops just before 200 timers fall due and starts again on the same port 8 s later.
+
+    Stopped with SIGTERM, on which bench/receiver.py closes its socket at once and writes its receipts.
+    """
     env = scenario_env(tmp_path, redis_url=redis_url, poll_interval="0.2")
     row = receiver_outage_scenario(env, tmp_path, timers=200, down=8.0, first_delay=0.5, max_delay=4.0)
     why = show(row)

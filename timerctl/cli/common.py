@@ -24,12 +24,14 @@ R = TypeVar("R")
 
 EXIT_OK, EXIT_NOT_FOUND, EXIT_INVALID, EXIT_UNAVAILABLE, EXIT_CONFLICT = 0, 1, 2, 3, 4
 
+
 @functools.cache
 def out() -> "Console":
     """The console for people-facing output on stdout, made on first use (rich is slow to import)."""
     from rich.console import Console
 
     return Console(highlight=False, soft_wrap=True)
+
 
 STATUS_STYLE = {
     "Scheduled": "cyan",

@@ -22,7 +22,6 @@ from timerctl.stores.base import Store
 log = logging.getLogger(__name__)
 
 
-
 class NearTermFeed(Consumer):
     """A Consumer that stores only creates due soon and then wakes its runner; it dead-letters nothing."""
 
