@@ -29,8 +29,12 @@ def run_once(count: int, rate: float, runners: int = 1, lead: float = 3.0) -> di
         db, out = Path(tmp) / "fire.db", Path(tmp) / "received.jsonl"
         receiver, url = start_receiver(out)
         store = SqliteStore(str(db))
-        start = datetime.now(UTC) + timedelta(seconds=lead)
-        timers = [Timer(f"b{i:07d}", url, start + timedelta(seconds=i / rate), datetime.now(UTC)) for i in range(count)]
+        # Whole milliseconds, the precision the store keeps, so lateness is measured from the stored instant.
+        start = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=lead)
+        timers = [
+            Timer(f"b{i:07d}", url, start + timedelta(milliseconds=round(1000 * i / rate)), datetime.now(UTC))
+            for i in range(count)
+        ]
         for i in range(0, count, 5000):
             store.insert_many(timers[i : i + 5000])
         store.close()
@@ -94,7 +98,7 @@ def main() -> None:
     args = parser.parse_args()
     rows = []
     if args.search:
-        for rate in (1000, 2000, 3000, 4000, 5000, 6000, 8000):
+        for rate in (1000, 1500, 2000, 2500, 3000, 4000, 5000, 6000, 8000):
             row = run_once(max(args.count, int(rate * 5)), rate, args.runners)
             rows.append(row)
             if row["p99_ms"] > 100 or row["delivered"] < row["count"]:

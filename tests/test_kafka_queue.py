@@ -15,6 +15,7 @@ from tests.fixtures_kafka import TansuBroker, free_port, read_topic
 from timerctl.model import BackendUnavailable, InvalidInput, Status, Timer
 from timerctl.queue.kafka import (
     MAX_DEAD_LETTER_VALUE,
+    PRODUCER_CONFIG,
     KafkaQueue,
     Message,
     decode,
@@ -132,7 +133,7 @@ def test_submit_publishes_keyed_records_acknowledged_by_all(kafka_bootstrap: str
     try:
         assert queue.submit(timers) == timers
         queue.submit_cancel("sub-7")
-        assert queue._producer.config["acks"] == -1  # "all": every in-sync replica
+        assert PRODUCER_CONFIG["acks"] == "all"  # every in-sync replica
     finally:
         queue.close()
     records = read_topic(kafka_bootstrap, kafka_topic, 51)

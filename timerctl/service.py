@@ -7,6 +7,7 @@ Kafka never touches the store unless an ``--id`` must be checked against it.
 from __future__ import annotations
 
 import logging
+import os
 import random
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -120,31 +121,45 @@ class TimerService:
         return stored
 
     def create_many(
-        self, specs: Iterable[tuple[int, TimerSpec | InvalidInput]], batch: int = 1000
+        self, specs: Iterable[tuple[int, TimerSpec | InvalidInput]], batch: int = 10_000
     ) -> Iterator[LineResult]:
-        """Results in input order; valid specs are submitted in batches, invalid ones reported per line."""
-        pending: list[tuple[int, Timer]] = []
+        """One result per line, in input order, each batch's once its timers are stored.
+
+        A batch holds up to ``batch`` timers, or a tenth as many with payloads (up to 64 KiB each): memory
+        stays bounded, and SQLite commits (rewriting the touched index pages) ten times per 100,000 lines.
+        Invalid lines wait in their batch too, so a script can pair output lines with input lines.
+        """
+        pending: list[LineResult] = []
+        size = 0
+        horizon = self.settings.horizon
         for line, spec in specs:
             if isinstance(spec, InvalidInput):
-                yield LineResult(line, error=str(spec))
+                pending.append(LineResult(line, error=str(spec)))
                 continue
             try:
-                pending.append((line, spec.resolve(self.clock(), self.settings.horizon)))
+                timer = spec.resolve(self.clock(), horizon, new_id=None if spec.timer_id else new_timer_id())
             except InvalidInput as exc:
-                yield LineResult(line, error=str(exc))
+                pending.append(LineResult(line, error=str(exc)))
                 continue
-            if len(pending) >= batch:
+            pending.append(LineResult(line, timer=timer))
+            size += 1 if timer.payload is None else 10
+            if size >= batch:
                 yield from self._flush(pending)
                 pending = []
+                size = 0
         if pending:
             yield from self._flush(pending)
 
-    def _flush(self, pending: Sequence[tuple[int, Timer]]) -> Iterator[LineResult]:
-        timers = [t for _, t in pending]
-        self.queue.submit(timers)
+    def _flush(self, pending: Sequence[LineResult]) -> Iterator[LineResult]:
+        timers = [r.timer for r in pending if r.timer is not None]
+        try:
+            self.queue.submit(timers)
+        except BackendUnavailable:
+            # Nothing of this batch is acknowledged; its invalid lines are still reported before the failure.
+            yield from (r for r in pending if r.timer is None)
+            raise
         self.cache.put_many(timers, self.clock())
-        for line, timer in pending:
-            yield LineResult(line, timer=timer)
+        yield from pending
 
     def get(self, timer_id: str) -> Timer:
         """The timer from the cache, else the store; NotFound when neither has it."""
@@ -210,6 +225,17 @@ def _same_or_conflict(spec: TimerSpec, existing: Timer) -> Timer:
     if spec.matches(existing):
         return existing
     raise Conflict(f"timer {existing.timer_id} already exists with a different spec")
+
+
+#: The RFC 4122 variant bits (10xx) forced into the first hex digit of the fourth group.
+_UUID_VARIANT = {d: "89ab"[int(d, 16) & 3] for d in "0123456789abcdef"}
+
+
+def new_timer_id() -> str:
+    """A random id in the form of ``str(uuid.uuid4())`` at half the cost (one per imported line)."""
+    digits = os.urandom(16).hex()
+    variant = _UUID_VARIANT[digits[16]]
+    return f"{digits[:8]}-{digits[8:12]}-4{digits[13:16]}-{variant}{digits[17:20]}-{digits[20:]}"
 
 
 def jitter() -> float:

@@ -32,9 +32,8 @@ def build_spec(
     timer_id: str | None = None,
 ) -> TimerSpec:
     """A spec from exactly one time form: ``delay`` ("1h30m"), ``at`` (ISO-8601) or hours/minutes/seconds."""
-    hms_given = any(v is not None for v in (hours, minutes, seconds))
-    forms = sum([delay is not None, at is not None, hms_given])
-    if forms != 1:
+    hms_given = hours is not None or minutes is not None or seconds is not None
+    if (delay is not None) + (at is not None) + hms_given != 1:
         raise InvalidInput("give exactly one of --in DURATION, --at TIME or --hours/--minutes/--seconds")
     if delay is not None:
         return TimerSpec(url, delay=parse_duration(delay), payload=payload, timer_id=timer_id)
@@ -50,8 +49,8 @@ def spec_from_mapping(data: Any, local_zone: tzinfo) -> TimerSpec:
     """A spec from a JSON object such as ``{"url": ..., "in": "90s", "payload": {...}, "id": ...}``."""
     if not isinstance(data, Mapping):
         raise InvalidInput(f"a timer spec must be a JSON object, got {type(data).__name__}")
-    unknown = sorted(set(data) - SPEC_KEYS)
-    if unknown:
+    if not data.keys() <= SPEC_KEYS:
+        unknown = sorted(set(data) - SPEC_KEYS)
         raise InvalidInput(f"unknown field {unknown[0]!r}; accepted: {', '.join(sorted(SPEC_KEYS))}")
     url = _one(data, "url", "webhookUrl")
     at = _one(data, "at", "expiryTime")
@@ -76,6 +75,8 @@ def spec_from_mapping(data: Any, local_zone: tzinfo) -> TimerSpec:
 
 
 def _one(data: Mapping[str, Any], short: str, long: str) -> Any:
-    if short in data and long in data:
-        raise InvalidInput(f"give either {short!r} or {long!r}, not both")
-    return data.get(short, data.get(long))
+    if short in data:
+        if long in data:
+            raise InvalidInput(f"give either {short!r} or {long!r}, not both")
+        return data[short]
+    return data.get(long)

@@ -6,6 +6,7 @@ or the machine's settings itself.
 
 from __future__ import annotations
 
+import functools
 import re
 from datetime import datetime, timedelta, tzinfo
 
@@ -15,6 +16,7 @@ _UNITS = {"w": 604800.0, "d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0
 _PART = re.compile(r"(\d+(?:\.\d+)?)(ms|w|d|h|m|s)")
 _ORDER = ["w", "d", "h", "m", "s", "ms"]
 _NUM = r"(\d+(?:\.\d+)?)"
+_SECONDS = re.compile(r"\d+(?:\.\d+)?")
 _WHOLE = re.compile("".join(f"(?:{_NUM}{u}{'(?!s)' if u == 'm' else ''})?" for u in _ORDER) + r"(?<=[a-z])")
 
 
@@ -24,10 +26,21 @@ def parse_duration(text: str) -> timedelta:
     Units must come largest first and at most once each, so typos like ``5m1h`` are rejected rather
     than guessed at.
     """
+    # A bulk import repeats a few delays many times; short texts are remembered (a long one is rare
+    # and would make the cache hold a lot of memory).
+    return _parse_duration_cached(text) if len(text) <= 32 else _parse_duration(text)
+
+
+@functools.lru_cache(maxsize=1024)
+def _parse_duration_cached(text: str) -> timedelta:
+    return _parse_duration(text)
+
+
+def _parse_duration(text: str) -> timedelta:
     raw = text.strip().lower()
     if raw.startswith("-"):
         raise InvalidInput(f"duration {text!r} is negative; expected 0s or more")
-    if re.fullmatch(r"\d+(?:\.\d+)?", raw):
+    if _SECONDS.fullmatch(raw):
         return _delta(text, float(raw))
     if fast := _WHOLE.fullmatch(raw):  # the common, well-formed case in one regex pass
         return _delta(text, sum(float(v) * _UNITS[u] for u, v in zip(_ORDER, fast.groups(), strict=True) if v))

@@ -591,6 +591,8 @@ def assert_import_refused_bad_lines(
     results = [json.loads(line) for line in done.stdout.decode().splitlines()]
     errors = {r["line"]: r["error"] for r in results if "error" in r}
     assert sorted(errors) == bad, errors
+    # One output line per input line, in input order, so a script can pair them by position.
+    assert [r.get("line", n) for n, r in enumerate(results, start=1)] == list(range(1, len(results) + 1))
     created = {r["timerId"] for r in results if "timerId" in r}
     assert created == {f"ok-{n}" for n in range(valid)}
     assert {t.timer_id for t in cli.stored()} == created
@@ -609,17 +611,19 @@ def test_from_file_on_stdin_refuses_each_hostile_line_and_creates_the_valid_ones
 
 
 def test_a_non_utf8_line_deep_in_a_large_import_costs_only_that_line(cli: Cli, tmp_path: Path) -> None:
-    """Past the first read buffer and the first batch of 1,000: the lines after it are still created."""
-    lines = [spec_line(id=f"ok-{n}") for n in range(2500)]
-    lines.insert(1500, b'{"url": "http://127.0.0.1:9/\xff", "in": "1h"}')
+    """Past the first read buffer and the first batch of 10,000: the lines after it are still created."""
+    lines = [spec_line(id=f"ok-{n}") for n in range(12_500)]
+    lines.insert(11_500, b'{"url": "http://127.0.0.1:9/\xff", "in": "1h"}')
     path = tmp_path / "big.jsonl"
     path.write_bytes(b"\n".join(lines) + b"\n")
     done = cli("create", "--from-file", str(path))
     assert_refused(done, stdout_empty=False)
-    errors = [json.loads(line) for line in done.stdout.splitlines() if b'"error"' in line]
-    assert [e["line"] for e in errors] == [1501] and "UTF-8" in errors[0]["error"], errors
+    out = done.stdout.splitlines()
+    errors = [json.loads(line) for line in out if b'"error"' in line]
+    assert [e["line"] for e in errors] == [11_501] and "UTF-8" in errors[0]["error"], errors
+    assert b'"error"' in out[11_500] and json.loads(out[11_501])["timerId"] == "ok-11500"  # in input order
     store = SqliteStore(str(cli.db))
     try:
-        assert sum(store.counts().values()) == 2500
+        assert sum(store.counts().values()) == 12_500
     finally:
         store.close()

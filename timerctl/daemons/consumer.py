@@ -24,11 +24,10 @@ from timerctl.daemons.lifecycle import StopFlag, Watchdog, backoff, notify
 from timerctl.model import BackendUnavailable, Conflict, InvalidInput, NotFound, Timer
 from timerctl.queue.kafka import (
     DLQ_REASON_HEADER,
-    FLUSH_TIMEOUT,
+    RecordProducer,
     decode,
     dlq_topic,
     encode_dead_letter,
-    new_producer,
     unavailable,
 )
 from timerctl.stores import open_store
@@ -105,7 +104,7 @@ class Consumer:
         self.max_poll_interval_ms = max_poll_interval_ms
         self.poll_timeout_ms = poll_timeout_ms
         self.consumer: Any = None
-        self._producer: Any = None
+        self._producer: RecordProducer | None = None
         #: A polled batch not yet stored (the store was down): retried before polling again.
         self.pending: Batch | None = None
         self.watchdog = Watchdog()
@@ -176,24 +175,19 @@ class Consumer:
         if not batch.rejects or batch.dead_lettered:
             return
         if self._producer is None:
-            self._producer = new_producer(self.bootstrap)
+            self._producer = RecordProducer(self.bootstrap)
         target = dlq_topic(self.topic)
-        try:
-            futures = [
-                self._producer.send(
-                    target,
-                    key=record.key,
-                    value=encode_dead_letter(reason, record.topic, record.partition, record.offset, record.value),
-                    headers=[(DLQ_REASON_HEADER, reason.encode())],
+        self._producer.publish(
+            target,
+            (
+                (
+                    record.key,
+                    encode_dead_letter(reason, record.topic, record.partition, record.offset, record.value),
+                    [(DLQ_REASON_HEADER, reason.encode())],
                 )
                 for record, reason in batch.rejects
-            ]
-            self._producer.flush(timeout=FLUSH_TIMEOUT)
-        except KafkaError as exc:
-            raise unavailable(self.bootstrap, exc) from exc
-        for future in futures:
-            if future.failed():
-                raise unavailable(self.bootstrap, future.exception)
+            ),
+        )
         for record, reason in batch.rejects:
             log.warning(
                 "record %s[%d]@%d sent to %s: %s", record.topic, record.partition, record.offset, target, reason
@@ -287,10 +281,7 @@ class Consumer:
         self.disconnect()
         producer, self._producer = self._producer, None
         if producer is not None:
-            try:
-                producer.close(timeout=2)
-            except KafkaError as exc:
-                log.warning("closing the dead-letter producer failed: %s", exc)
+            producer.close()
 
 
 def _open_store(settings: Settings, stop: StopFlag) -> Store | None:

@@ -47,11 +47,16 @@ _COLUMNS = (
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MS = timedelta(milliseconds=1)
 
 
 def to_ms(dt: datetime) -> int:
     """Milliseconds since the epoch, truncated like ``model.utc`` so every store keeps the same instant."""
-    return (utc(dt) - _EPOCH) // timedelta(milliseconds=1)
+    if dt.tzinfo is UTC:
+        # Same floor as below without the copies; three per inserted row.
+        delta = dt - _EPOCH
+        return delta.days * 86_400_000 + delta.seconds * 1000 + delta.microseconds // 1000
+    return (utc(dt) - _EPOCH) // _MS
 
 
 def from_ms(ms: int) -> datetime:
