@@ -13,6 +13,8 @@ from typing import Any
 
 import pytest
 
+from tests.polling import wait_for
+
 
 @dataclass(frozen=True)
 class Received:
@@ -104,11 +106,4 @@ def receiver() -> Iterator[Receiver]:
 
 def wait_until(predicate: Any, timeout: float = 10.0, interval: float = 0.05, message: str = "condition") -> Any:
     """Poll ``predicate`` until it returns something truthy; fail with ``message`` after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {message}")
-        time.sleep(interval)
+    return wait_for(predicate, timeout, message, interval)

@@ -97,12 +97,15 @@ class NoRenewRunner(Runner):
 
 
 @contextmanager
-def running(settings: Settings, runner_class: type[Runner] = Runner) -> Iterator[Runner]:
+def running(
+    settings: Settings, runner_class: type[Runner] = Runner, deliverer: CountingDeliverer | None = None
+) -> Iterator[Runner]:
     """A daemon runner on its own store connection, in a thread; stopped and joined on exit.
 
     Its deliverer is a ``CountingDeliverer``, so ``runner.deliverer.started`` lists the POSTs begun.
     """
-    runner = runner_class(settings, SqliteStore(settings.db_path), deliverer=CountingDeliverer(settings))
+    deliverer = deliverer or CountingDeliverer(settings)
+    runner = runner_class(settings, SqliteStore(settings.db_path), deliverer=deliverer)
     stop = StopFlag()
     codes: list[int] = []
     thread = threading.Thread(target=lambda: codes.append(runner.run(stop)), name="test-runner", daemon=True)
@@ -353,3 +356,33 @@ def test_stop_releases_unstarted_claims_and_waits_for_inflight(
     assert statuses(store, ["t-inflight", "t-ahead"]) == {"t-inflight": Status.FINISHED, "t-ahead": Status.SCHEDULED}
     ahead = store.get("t-ahead")
     assert ahead is not None and ahead.lease_owner is None and ahead.attempts == 0
+
+
+class WhenDeliverer(CountingDeliverer):
+    """Notes, for each POST as it starts, the instant it was due and the instant it started."""
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
+        self.when: list[tuple[datetime, datetime]] = []
+
+    async def deliver(self, timer: Timer, attempt: int, fired_at: datetime) -> Attempt:
+        self.when.append((timer.due_at, datetime.now(UTC)))
+        return await super().deliver(timer, attempt, fired_at)
+
+
+def test_no_timer_is_posted_before_its_instant(tmp_path: Path, store: SqliteStore, receiver: Receiver) -> None:
+    """The firing loop's timers have millisecond resolution (uvloop) and can wake a little early."""
+    settings = settings_for(tmp_path)
+    first = now().replace(microsecond=0) + timedelta(seconds=2)
+    ids = [f"ms-{i:03d}" for i in range(300)]
+    store.insert_many(
+        [
+            make_timer(tid, receiver.url("/ms"), first + timedelta(milliseconds=3 * i + i % 3))
+            for i, tid in enumerate(ids)
+        ]
+    )
+    deliverer = WhenDeliverer(settings)
+    with running(settings, deliverer=deliverer):
+        wait_until(lambda: all_in(store, ids, Status.FINISHED), timeout=20, message="all 300 finished")
+    early = [(due, at) for due, at in deliverer.when if at < due]
+    assert len(deliverer.when) == 300 and not early, early[:5]

@@ -7,7 +7,6 @@ Kafka never touches the store unless an ``--id`` must be checked against it.
 from __future__ import annotations
 
 import logging
-import os
 import random
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -137,7 +136,7 @@ class TimerService:
                 pending.append(LineResult(line, error=str(spec)))
                 continue
             try:
-                timer = spec.resolve(self.clock(), horizon, new_id=None if spec.timer_id else new_timer_id())
+                timer = spec.resolve(self.clock(), horizon)
             except InvalidInput as exc:
                 pending.append(LineResult(line, error=str(exc)))
                 continue
@@ -225,17 +224,6 @@ def _same_or_conflict(spec: TimerSpec, existing: Timer) -> Timer:
     if spec.matches(existing):
         return existing
     raise Conflict(f"timer {existing.timer_id} already exists with a different spec")
-
-
-#: The RFC 4122 variant bits (10xx) forced into the first hex digit of the fourth group.
-_UUID_VARIANT = {d: "89ab"[int(d, 16) & 3] for d in "0123456789abcdef"}
-
-
-def new_timer_id() -> str:
-    """A random id in the form of ``str(uuid.uuid4())`` at half the cost (one per imported line)."""
-    digits = os.urandom(16).hex()
-    variant = _UUID_VARIANT[digits[16]]
-    return f"{digits[:8]}-{digits[8:12]}-4{digits[13:16]}-{variant}{digits[17:20]}-{digits[20:]}"
 
 
 def jitter() -> float:

@@ -13,19 +13,19 @@ import os
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
+from tests.polling import accepts_connections, free_port, wait_for
 from timerctl.model import Status, parse_instant
 from timerctl.stores.sqlite import SqliteStore
 
@@ -33,35 +33,8 @@ REPO = Path(__file__).resolve().parents[2]
 RECEIVER_SCRIPT = REPO / "bench" / "receiver.py"
 TIMERCTL = str(Path(sys.executable).with_name("timerctl"))
 
-T = TypeVar("T")
 
 # -- waiting and small helpers -----------------------------------------------------------------------
-
-
-def wait_until(probe: Callable[[], T], timeout: float, what: str, interval: float = 0.1) -> T:
-    """The first truthy result of ``probe``, polled until ``timeout`` seconds; AssertionError naming ``what``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = probe()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {result!r})")
-        time.sleep(interval)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def accepts_connections(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return True
-    except OSError:
-        return False
 
 
 def percentile(values: list[float], pct: float) -> float:
@@ -103,6 +76,12 @@ def write_specs(path: Path, specs: Iterable[dict[str, Any]]) -> Path:
         for spec in specs:
             fh.write(json.dumps(spec) + "\n")
     return path
+
+
+def spread_specs(url: str, prefix: str, count: int, first: float, window: float) -> Iterator[dict[str, Any]]:
+    """``count`` specs for ``url`` due evenly from unix time ``first`` over ``window`` s; ids ``prefix-000000``."""
+    for i in range(count):
+        yield {"url": url, "at": iso(first + window * i / count), "id": f"{prefix}-{i:06d}"}
 
 
 def acknowledged(done: subprocess.CompletedProcess[str]) -> dict[str, float]:
@@ -293,15 +272,15 @@ class RedisServer:
         def up() -> bool:
             if proc.poll() is not None:
                 raise RuntimeError(f"redis-server exited {proc.returncode} on port {self.port}")
-            return accepts_connections(self.port)
+            return accepts_connections("127.0.0.1", self.port)
 
-        wait_until(up, 10, f"redis-server on port {self.port}", interval=0.02)
+        wait_for(up, 10, f"redis-server on port {self.port}", interval=0.02)
 
     def stop(self) -> None:
         proc, self.proc = self.proc, None
         if proc is not None:
             end_process(proc, signal.SIGKILL)
-            wait_until(lambda: not accepts_connections(self.port), 10, f"port {self.port} to close")
+            wait_for(lambda: not accepts_connections("127.0.0.1", self.port), 10, f"port {self.port} to close")
 
 
 def redis_server_binary() -> str | None:
@@ -327,7 +306,7 @@ def wait_all_final(db: str, expected: int, timeout: float, what: str) -> dict[st
         return counts if counts["Finished"] + counts["Failed"] >= expected else None
 
     try:
-        return wait_until(done, timeout, what, interval=0.25)
+        return wait_for(done, timeout, what, interval=0.25)
     except AssertionError as exc:
         raise AssertionError(f"{exc}; store has {status_counts(db)}") from None
 
@@ -386,5 +365,5 @@ def warm_up(env: dict[str, str], receiver: Receiver, db: str, timeout: float = 4
             store.close()
         return timer is not None and timer.status is Status.FINISHED
 
-    wait_until(finished, timeout, "the warm-up timer to fire (are the daemons up?)", interval=0.1)
+    wait_for(finished, timeout, "the warm-up timer to fire (are the daemons up?)", interval=0.1)
     return time.time() - started

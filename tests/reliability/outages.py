@@ -21,14 +21,14 @@ from tests.reliability.harness import (
     RedisServer,
     acknowledged,
     cluster,
-    iso,
     percentile,
     run_cli,
     run_tag,
+    spread_specs,
     status_counts,
     timers_by_id,
     wait_all_final,
-    wait_until,
+    wait_for,
     warm_up,
     write_specs,
 )
@@ -86,17 +86,13 @@ def receiver_outage_scenario(
         fleet.start("runner", "runner", log_level="INFO")
         due = time.time() + 3.0
         spec_file = write_specs(
-            workdir / "outage.jsonl",
-            (
-                {"url": receiver.url(), "at": iso(due + spread * i / timers), "id": f"out-{tag}-{i:05d}"}
-                for i in range(timers)
-            ),
+            workdir / "outage.jsonl", spread_specs(receiver.url(), f"out-{tag}", timers, due, spread)
         )
         expiry = acknowledged(run_cli(env, "create", "--from-file", str(spec_file)))
         time.sleep(max(0.0, due - 0.5 - time.time()))  # the scenario: down from just before they fall due
         receiver.stop()
         went_down = time.time()
-        wait_until(
+        wait_for(
             lambda: _all_attempted(db, timers),
             spread + 2,
             "every timer to have failed its first attempt while the receiver is down",
@@ -194,7 +190,7 @@ def redis_outage_scenario(env: dict[str, str], workdir: Path, redis_binary: str)
                 got = run_cli(env, "get", down["id"], "--json")
                 return got if got.returncode == 0 else None
 
-            got = wait_until(readable, 60, "get to find the timer once the consumer stored it", interval=0.2)
+            got = wait_for(readable, 60, "get to find the timer once the consumer stored it", interval=0.2)
             result["down: get once stored"] = {
                 "exit": got.returncode,
                 "stderr_lines": _lines(got.stderr),
@@ -264,14 +260,10 @@ def broker_outage_scenario(
         warm_up(env, receiver, db)
         lead = down / 2 + 2
         spec_file = write_specs(
-            workdir / "before.jsonl",
-            (
-                {"url": receiver.url(), "in": f"{lead + i / timers:.3f}s", "id": f"before-{tag}-{i:05d}"}
-                for i in range(timers)
-            ),
+            workdir / "before.jsonl", spread_specs(receiver.url(), f"before-{tag}", timers, time.time() + lead, 1)
         )
         before = acknowledged(run_cli(env, "create", "--from-file", str(spec_file)))
-        wait_until(lambda: sum(status_counts(db).values()) >= timers + 1, 30, "the consumer to store every timer")
+        wait_for(lambda: sum(status_counts(db).values()) >= timers + 1, 30, "the consumer to store every timer")
         broker.stop()
         went_down = time.time()
         started = time.monotonic()
@@ -289,11 +281,7 @@ def broker_outage_scenario(
         make_topics()
         back = time.time()
         after_near = write_specs(
-            workdir / "after.jsonl",
-            (
-                {"url": receiver.url(), "in": f"{2 + i / timers:.3f}s", "id": f"after-{tag}-{i:05d}"}
-                for i in range(timers)
-            ),
+            workdir / "after.jsonl", spread_specs(receiver.url(), f"after-{tag}", timers, time.time() + 2, 1)
         )
         after = acknowledged(run_cli(env, "create", "--from-file", str(after_near)))
         # Due beyond the runners' near-term feed window: only the consumer stores this one.
@@ -308,7 +296,7 @@ def broker_outage_scenario(
             finally:
                 store.close()
 
-        wait_until(stored_far, 60, "the consumer (not restarted) to store a create made after the restart")
+        wait_for(stored_far, 60, "the consumer (not restarted) to store a create made after the restart")
         result["after: consumer stored a new create after_s"] = round(time.time() - back, 2)
         wait_all_final(db, 2 * timers + 1, 60, "the timers created after the restart to fire")
         result["consumer restarted"] = consumer.poll() is not None or fleet.current["consumer"] is not consumer

@@ -24,10 +24,10 @@ from tests.reliability.harness import (
     acknowledged,
     cluster,
     end_process,
-    iso,
     percentile,
     run_cli,
     run_tag,
+    spread_specs,
     timers_by_id,
     wait_all_final,
     warm_up,
@@ -176,11 +176,7 @@ def load_scenario(
         # Kafka creates run at ~3,500/s here: start the window once the whole file should be on the topic.
         first_due = time.time() + 3.0 + timers / 2500
         spec_file = write_specs(
-            workdir / "load.jsonl",
-            (
-                {"url": receiver.url(), "at": iso(first_due + window * i / timers), "id": f"load-{tag}-{i:06d}"}
-                for i in range(timers)
-            ),
+            workdir / "load.jsonl", spread_specs(receiver.url(), f"load-{tag}", timers, first_due, window)
         )
         started = time.time()
         expiry = acknowledged(run_cli(env, "create", "--from-file", str(spec_file), timeout=300))
@@ -230,11 +226,7 @@ def store_stall_scenario(
         fleet.start("runner", "runner")
         first_due = time.time() + 3.0
         spec_file = write_specs(
-            workdir / "stall.jsonl",
-            (
-                {"url": receiver.url(), "at": iso(first_due + window * i / timers), "id": f"stall-{tag}-{i:05d}"}
-                for i in range(timers)
-            ),
+            workdir / "stall.jsonl", spread_specs(receiver.url(), f"stall-{tag}", timers, first_due, window)
         )
         expiry = acknowledged(run_cli(env, "create", "--from-file", str(spec_file)))
         for n in range(stalls):

@@ -173,9 +173,10 @@ def _one_line(exc: BaseException) -> str:
     return text if text.startswith(name) else f"{name}: {text}" if text else name
 
 
-def unavailable(bootstrap: str, exc: BaseException) -> BackendUnavailable:
+def unavailable(bootstrap: str, cause: BaseException | str) -> BackendUnavailable:
     """The BackendUnavailable for a failed exchange with the broker at ``bootstrap``: one line."""
-    return BackendUnavailable(f"Kafka at {bootstrap} is unavailable ({_one_line(exc)})")
+    reason = cause if isinstance(cause, str) else _one_line(cause)
+    return BackendUnavailable(f"Kafka at {bootstrap} is unavailable ({reason})")
 
 
 #: Record headers as librdkafka takes them.
@@ -201,10 +202,10 @@ class RecordProducer:
         if error.code() == KafkaError._ALL_BROKERS_DOWN:
             self._down.set()
 
-    def _failure(self, reason: object) -> BackendUnavailable:
+    def _failure(self, reason: str) -> BackendUnavailable:
         self._producer.purge()
         self._producer.poll(0)
-        return BackendUnavailable(f"Kafka at {self.bootstrap} is unavailable ({reason})")
+        return unavailable(self.bootstrap, reason)
 
     def publish(self, topic: str, records: Iterable[tuple[bytes, bytes, Headers | None]]) -> None:
         """Send every (key, value, headers) to ``topic``; return once all are acknowledged."""
@@ -287,8 +288,8 @@ class KafkaQueue:
         On BackendUnavailable the records of earlier chunks (and some of the failed one) may already be
         published; submitting them again is harmless, as the consumer keeps the first write of an id.
         """
-        # Chunked: a record still queued in the producer when delivery_timeout_ms has passed since it was
-        # queued fails, so one huge send-then-flush would fail on a healthy but merely busy broker.
+        # Chunked: a publish waits at most FLUSH_TIMEOUT for its acknowledgements, so one huge
+        # send-then-wait could fail on a healthy but merely busy broker.
         for start in range(0, len(timers), SUBMIT_CHUNK):
             chunk = timers[start : start + SUBMIT_CHUNK]
             self._publish((record_key(t.timer_id), encode_create(t)) for t in chunk)
