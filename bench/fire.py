@@ -98,7 +98,7 @@ def main() -> None:
     args = parser.parse_args()
     rows = []
     if args.search:
-        for rate in (1000, 1500, 2000, 2500, 3000, 4000, 5000, 6000, 8000):
+        for rate in (1000, 1500, 2000, 2500, 3000, 4000, 5000, 6000, 7000, 8000, 10000):
             row = run_once(max(args.count, int(rate * 5)), rate, args.runners)
             rows.append(row)
             if row["p99_ms"] > 100 or row["delivered"] < row["count"]:

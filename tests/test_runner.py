@@ -306,11 +306,11 @@ class StalledWritesRunner(NoRenewRunner):
         super().__init__(*args, **kwargs)
         self.unstall = threading.Event()
 
-    def flush(self, timeout: float = 0.0) -> int:
+    def flush(self, timeout: float = 0.0, linger: float = 0.0) -> int:
         if not self.unstall.is_set():
             self.unstall.wait(timeout)
             return 0
-        return super().flush(timeout)
+        return super().flush(timeout, linger)
 
 
 def test_a_lapsed_lease_does_not_make_a_runner_fire_a_delivery_awaiting_its_write_again(

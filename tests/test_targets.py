@@ -322,3 +322,16 @@ def test_a_redirect_with_a_location_is_not_followed(tmp_path: Path, store: Sqlit
     assert failed.last_error == "HTTP 302"
     assert redirector.hits == 2
     assert receiver.requests == []
+
+
+def test_the_guard_resolves_a_name_again_on_every_check() -> None:
+    """Decisions about an address are remembered; what a name resolves to is not (it may change)."""
+    dns = FakeDns(dict(DNS))
+    guard = TargetGuard(TargetPolicy(), dns)
+
+    for _ in range(3):
+        assert check(guard, "http://public.example/x") == "93.184.216.34"
+    assert dns.asked == [("public.example", 80)] * 3
+    dns.names["public.example"] = ["169.254.169.254"]
+    with pytest.raises(RefusedTarget, match=r"169\.254\.0\.0/16"):
+        check(guard, "http://public.example/x")

@@ -24,7 +24,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-from hypothesis import HealthCheck, example, given, settings
+from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 from kafka import KafkaProducer
 
@@ -32,6 +32,7 @@ from tests.fixtures_kafka import read_topic, wait_for
 from timerctl.config import Settings
 from timerctl.daemons.consumer import serve
 from timerctl.daemons.lifecycle import StopFlag
+from timerctl.delivery import build_body
 from timerctl.model import (
     FINAL_STATUSES,
     MAX_PAYLOAD_BYTES,
@@ -42,6 +43,7 @@ from timerctl.model import (
     Status,
     Timer,
     cancel,
+    format_instant,
     utc,
     validate_url,
 )
@@ -315,6 +317,27 @@ def test_from_record_refuses_anything_malformed_and_accepts_only_storable_timers
     timer = no_crash(Timer.from_record, data)
     if timer is not None:
         assert_storable(memory_store, timer)
+
+
+@FUZZ
+@given(
+    st.fixed_dictionaries({k: v for k, v in PLAUSIBLE.items() if k not in ("firedAt", "dueAt", "lastError")}),
+    st.integers(1, 10**6),
+)
+def test_the_webhook_body_is_exactly_the_compact_json_of_its_fields(data: Any, attempt: int) -> None:
+    """``build_body`` assembles the JSON from parts for speed; it must equal encoding the whole dict."""
+    timer = no_crash(Timer.from_record, data)
+    assume(timer is not None)
+    assert timer is not None
+    fired = datetime.now(UTC)
+    fields = {
+        "timerId": timer.timer_id,
+        "expiryTime": format_instant(timer.expiry_time),
+        "firedAt": format_instant(fired),
+        "attempt": attempt,
+        "payload": timer.payload,
+    }
+    assert build_body(timer, attempt, fired) == json.dumps(fields, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 @FUZZ
