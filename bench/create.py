@@ -22,8 +22,7 @@ def compile_package() -> None:
     """Byte-compile timerctl as ``pip install`` does for a regular install.
 
     An editable install leaves that to the first run, and with PYTHONDONTWRITEBYTECODE=1 (set on this
-    machine) every process would recompile the sources: ~50 ms that no
-    installed copy pays.
+    machine) every process would recompile the sources: ~50 ms that no installed copy pays.
     """
     import timerctl
 

@@ -224,7 +224,7 @@ class Runner:
         self._loop.call_soon_threadsafe(self._unrecorded.difference_update, [t.timer_id for t, _ in batch])
         for timer, _ in batch:
             self.held.pop(timer.timer_id, None)
-        if not isinstance(self.cache, NoCache):
+        if not isinstance(self.cache, NoCache):  # rebuilding each Timer for nothing cost the hot path
             updated = [_apply(timer, outcome) for timer, outcome in batch if timer.timer_id in recorded]
             self.cache.put_many(updated, self.clock())
         self._store_down = backoff(first=0.5, cap=10.0)
@@ -348,8 +348,9 @@ def _quiet_gc() -> None:
     Every POST allocates dozens of container objects (tasks, futures, aiohttp request state), so the
     default gen-0 threshold of 700 ran a collection every few deliveries, and with thousands of timers
     held the older generations' passes showed as lateness: p99 at 4,000 fires/s was 20-25 ms with the
-    defaults and 5-6 ms with this (bench/README.md). What is alive at start-up (modules, the session) is
-    frozen out of collection; thresholds are raised, not removed, so cycles are still reclaimed.
+    defaults and 5-6 ms with this (bench/README.md). What is alive at start-up (modules, settings, the
+    backends' clients) is frozen out of collection; thresholds are raised, not removed, so cycles are
+    still reclaimed.
     """
     gc.collect()
     gc.freeze()
