@@ -32,10 +32,14 @@ def timerctl_bin() -> str:
     return str(candidate) if candidate.exists() else (shutil.which("timerctl") or "timerctl")
 
 
-def start_receiver(out: Path) -> tuple[subprocess.Popen[str], str]:
+#: The receivers a bench can fire at: a raw-socket one (cheapest) and an aiohttp app (as users write them).
+RECEIVERS = {"raw": "receiver.py", "aiohttp": "receiver_aiohttp.py"}
+
+
+def start_receiver(out: Path, kind: str = "raw") -> tuple[subprocess.Popen[str], str]:
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, str(BENCH / "receiver.py"), str(port), str(out)], stdout=subprocess.PIPE, text=True
+        [sys.executable, str(BENCH / RECEIVERS[kind]), str(port), str(out)], stdout=subprocess.PIPE, text=True
     )
     assert proc.stdout is not None
     if proc.stdout.readline().strip() != "ready":

@@ -127,11 +127,14 @@ def test_file_values_parsed(tmp_path: Path, env: dict[str, str], toml: str, name
     [
         pytest.param("TIMERCTL_MAX_ATTEMPTS", "many", "TIMERCTL_MAX_ATTEMPTS='many' is invalid", id="int-garbage"),
         pytest.param("TIMERCTL_MAX_ATTEMPTS", "2.5", "TIMERCTL_MAX_ATTEMPTS='2.5' is invalid", id="int-fraction"),
+        pytest.param("TIMERCTL_MAX_ATTEMPTS", "-1", "TIMERCTL_MAX_ATTEMPTS='-1' is out of range", id="int-negative"),
         pytest.param(
-            "TIMERCTL_MAX_ATTEMPTS", "-1", "TIMERCTL_MAX_ATTEMPTS='-1' must not be negative", id="int-negative"
+            "TIMERCTL_MAX_ATTEMPTS",
+            "0",
+            "TIMERCTL_MAX_ATTEMPTS='0' is out of range; expected 1 to 1000",
+            id="no-attempts",
         ),
-        pytest.param("TIMERCTL_MAX_ATTEMPTS", "0", "TIMERCTL_MAX_ATTEMPTS must be at least 1", id="no-attempts"),
-        pytest.param("TIMERCTL_CONCURRENCY", "-4", "TIMERCTL_CONCURRENCY='-4' must not be negative", id="negative-int"),
+        pytest.param("TIMERCTL_CONCURRENCY", "-4", "TIMERCTL_CONCURRENCY='-4' is out of range", id="negative-int"),
         pytest.param("TIMERCTL_LEASE", "soon", "TIMERCTL_LEASE='soon' is invalid", id="duration-garbage"),
         pytest.param("TIMERCTL_LEASE", "-5s", "TIMERCTL_LEASE='-5s' is invalid", id="duration-negative"),
         pytest.param(
@@ -163,7 +166,7 @@ def test_bad_env_values_name_the_variable(env: dict[str, str], variable: str, va
         pytest.param('lease = "soon"', "TIMERCTL_LEASE='soon' is invalid", id="bad-duration"),
         pytest.param("lease = true", "TIMERCTL_LEASE=True is invalid", id="bool-for-duration"),
         pytest.param("max_attempts = 2.5", "TIMERCTL_MAX_ATTEMPTS=2.5 is invalid", id="float-for-int"),
-        pytest.param("max_attempts = -3", "TIMERCTL_MAX_ATTEMPTS=-3 must not be negative", id="negative-int"),
+        pytest.param("max_attempts = -3", "TIMERCTL_MAX_ATTEMPTS=-3 is out of range", id="negative-int"),
         pytest.param('block_private_targets = "perhaps"', "TIMERCTL_BLOCK_PRIVATE_TARGETS='perhaps'", id="bad-bool"),
         pytest.param("lease = ", "cannot be read", id="broken-toml"),
     ],

@@ -192,8 +192,10 @@ def test_broker_lost_after_connecting_is_backend_unavailable_within_10s(private_
         queue.close()
 
 
-def test_stored_status_survives_the_wire() -> None:
+def test_a_create_of_a_timer_past_scheduled_is_refused() -> None:
+    """A create record must describe a new timer (rule in timerctl/queue/kafka.py; cases in test_kafka_create_rule)."""
     timer = make_timer(status=Status.RUNNING, attempts=2, last_error="HTTP 503")
-    decoded = decode(encode_create(timer)).timer
-    assert decoded is not None
-    assert (decoded.status, decoded.attempts, decoded.last_error) == (Status.RUNNING, 2, "HTTP 503")
+    with pytest.raises(
+        InvalidInput, match="not a new timer: timerStatus is 'Running', attempts is 2, lastError is set"
+    ):
+        decode(encode_create(timer))

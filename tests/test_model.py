@@ -709,3 +709,21 @@ def bad(**changes: Any) -> dict[str, Any]:
 def test_from_record_rejects(data: Any, fragment: str) -> None:
     with pytest.raises(InvalidInput, match=fragment):
         Timer.from_record(data)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "ftp://hooks.example/x?token=SECRET",
+        "http://hooks.example/x?token=SECRET&next=a b",
+        "http://hooks.example:99999/x?token=SECRET",
+        "https:///x?token=SECRET",
+        "hooks.example/x?token=SECRET",
+        "http://hooks.example/x#SECRET\x00",
+    ],
+)
+def test_url_errors_never_echo_the_query_string_or_fragment(url: str) -> None:
+    with pytest.raises(InvalidInput) as info:
+        validate_url(url)
+    assert "SECRET" not in str(info.value)
+    assert "hooks.example" in str(info.value) or "no host" in str(info.value)

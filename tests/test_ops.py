@@ -30,7 +30,7 @@ import yaml
 
 from tests.fixtures_daemons import TIMERCTL
 from tests.fixtures_http import Receiver
-from timerctl.config import Settings, load_settings
+from timerctl.config import OPTIONS, Settings, load_settings
 from timerctl.timeparse import parse_duration
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -302,6 +302,10 @@ def test_unit_contract(role: str) -> None:
         assert single["NotifyAccess"] == "main"
     if role == "runner":
         assert parse_duration(single["WatchdogSec"]).total_seconds() >= 10
+    if role == "api":
+        # Each client connection is a descriptor; the soft default of 1024 would cap the API below the
+        # connections uvicorn accepts (timerctl.api_limits.Limits.max_connections).
+        assert int(single["LimitNOFILE"]) >= 65536
 
 
 @pytest.mark.parametrize("role", ROLES)
@@ -312,8 +316,10 @@ def test_unit_command_line_is_accepted(role: str) -> None:
 
 
 def test_env_file_documents_every_setting(tmp_path: Path) -> None:
+    """Every row of the settings table is in the env file with its default, meaning and accepted values."""
     lines = ENV_FILE.read_text().splitlines()
     assignments = {}
+    explanations = {}
     for number, line in enumerate(lines):
         found = re.fullmatch(r"#?(TIMERCTL_[A-Z_]+)=(.*)", line)
         if found:
@@ -322,9 +328,14 @@ def test_env_file_documents_every_setting(tmp_path: Path) -> None:
             explanation = lines[number - 1]
             assert explanation.startswith("# ") and not explanation.startswith("# TIMERCTL_"), f"{name}: no explanation"
             assignments[name] = (value, not line.startswith("#"))
+            explanations[name] = explanation
     names = {f"TIMERCTL_{f.name.upper()}" for f in fields(Settings)}
+    assert names == {option.variable for option in OPTIONS.values()}
     assert names - assignments.keys() == set(), "settings missing from daemons/timerctl.env"
     assert assignments.keys() - names == {"TIMERCTL_CONFIG"}
+    for option in OPTIONS.values():
+        expected = f"# {option.meaning}. Accepted: {option.accepted()}."
+        assert explanations[option.variable] == expected, f"{option.variable}: explanation differs from the table"
     # Uncommenting every line changes nothing: the commented values are the defaults.
     isolated = {"TIMERCTL_CONFIG": str(tmp_path / "empty.toml")}
     (tmp_path / "empty.toml").touch()

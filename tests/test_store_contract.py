@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import subprocess
 import sys
+import threading
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
@@ -82,9 +84,9 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
 # --- insert / get ---------------------------------------------------------------------------------
 
 
-def test_insert_returns_the_stored_copy(store: Store) -> None:
+def test_insert_returns_the_stored_copy_and_that_it_is_new(store: Store) -> None:
     timer = make("a", payload={"k": 1})
-    assert store.insert(timer) == timer
+    assert store.insert(timer) == (timer, True)
     assert store.get("a") == timer
 
 
@@ -92,8 +94,28 @@ def test_insert_first_write_wins(store: Store) -> None:
     first = make("a")
     second = Timer("a", "https://other.example.com/x", T0 + SEC, T0, payload="other")
     store.insert(first)
-    assert store.insert(second) == first
+    assert store.insert(second) == (first, False)
+    assert store.insert(first) == (first, False), "the same timer again is not new either"
     assert store.get("a") == first
+
+
+def test_concurrent_inserts_of_one_id_tell_exactly_one_it_is_new(store: Store) -> None:
+    """What lets the API answer exactly one 201 to racing creates of one timerId."""
+    start = threading.Barrier(16)
+    answers: list[tuple[Timer, bool]] = []
+
+    def insert(n: int) -> None:
+        start.wait()
+        answers.append(store.insert(make("race", payload={"n": n})))
+
+    threads = [threading.Thread(target=insert, args=(n,)) for n in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(new for _, new in answers) == [False] * 15 + [True]
+    [winner] = [timer for timer, new in answers if new]
+    assert all(timer == winner for timer, _ in answers) and store.get("race") == winner
 
 
 def test_insert_many_counts_only_new_timers(store: Store) -> None:
@@ -248,7 +270,7 @@ def test_cancel_missing_with_fallback_stores_a_tombstone(store: Store) -> None:
     assert done.payload == {"from": "queue"}
     assert store.get("q1") == done
     # The create still in the queue is consumed later: it must not bring the timer back.
-    assert store.insert(make("q1", T0 + SEC)) == done
+    assert store.insert(make("q1", T0 + SEC)) == (done, False)
     assert store.insert_many([make("q1")]) == 0
     assert store.get("q1") == done
     assert store.claim_due("r1", T0, T0 + timedelta(days=1), T0 + timedelta(days=2), 10) == []
@@ -451,6 +473,116 @@ def test_ping_returns_while_the_backend_answers(store: Store) -> None:
     store.ping()  # the contract: no BackendUnavailable (its raising is tested per backend below)
     store.insert(make("a"))
     store.ping()
+
+
+# --- corrupt rows ------------------------------------------------------------------------------------
+#
+# A row no longer a valid timer (edited by hand, written by another tool) reads as Failed with the corruption
+# in lastError, and claim_due fails it for good instead of handing it to (and crashing) its runner.
+
+#: Each backend's name for a Timer field, to plant a bad value with that backend's own raw access.
+SQLITE_COLUMNS = {
+    "payload": "payload",
+    "status": "status",
+    "expiryTime": "expiry_ms",
+    "attempts": "attempts",
+    "webhookUrl": "webhook_url",
+    "dueAt": "due_ms",
+    "leaseUntil": "lease_until_ms",
+    "leaseOwner": "lease_owner",
+}
+
+
+def plant(store: Store, timer_id: str, **raw: Any) -> None:
+    """Overwrite fields of a stored timer with raw values the store itself would never write."""
+    if isinstance(store, SqliteStore):
+        with sqlite3.connect(store.path, isolation_level=None) as db:
+            for name, value in raw.items():
+                db.execute(f"UPDATE timers SET {SQLITE_COLUMNS[name]} = ? WHERE timer_id = ?", (value, timer_id))
+        return
+    assert isinstance(store, MongoStore)
+    store._timers.update_one({"timerId": timer_id}, {"$set": raw})
+
+
+CORRUPTIONS = [
+    pytest.param({"payload": "{not json"}, "payload is not valid JSON (Expecting property name", id="payload"),
+    pytest.param(
+        {"status": "Bogus"},
+        "status 'Bogus' is not one of Scheduled, Running, Finished, Failed, Cancelled",
+        id="status",
+    ),
+    pytest.param({"expiryTime": "soon"}, "expiryTime 'soon' is not an instant", id="instant-text"),
+    pytest.param({"expiryTime": 2**62}, f"expiryTime {2**62} is not an instant", id="instant-out-of-range"),
+    pytest.param({"attempts": "many"}, "attempts 'many' is not a count of attempts", id="attempts"),
+    pytest.param({"webhookUrl": b"\xff"}, "webhookUrl b'\\xff' is not text", id="url-bytes"),
+]
+
+
+@pytest.mark.parametrize(("raw", "why"), CORRUPTIONS)
+def test_a_corrupt_row_reads_as_failed_naming_the_corruption(store: Store, raw: dict[str, Any], why: str) -> None:
+    store.insert_many([make("good", T0 + SEC), make("bad", T0, payload={"k": 1}, attempts=2)])
+    plant(store, "bad", **raw)
+    got = store.get("bad")
+    assert got is not None
+    assert got.status is Status.FAILED
+    assert got.last_error is not None and got.last_error.startswith("stored timer is corrupt: ")
+    assert why in got.last_error and "\n" not in got.last_error
+    assert (got.lease_owner, got.lease_until) == (None, None)
+    listed = {t.timer_id: t for t in store.list()}
+    assert listed["bad"] == got and listed["good"] == make("good", T0 + SEC)
+    assert sum(store.counts().values()) == 2
+    with pytest.raises(Conflict, match="Failed"):
+        store.cancel("bad")
+
+
+@pytest.mark.parametrize(("raw", "why"), CORRUPTIONS)
+def test_claim_due_fails_a_corrupt_row_for_good_and_claims_the_rest(
+    store: Store, raw: dict[str, Any], why: str
+) -> None:
+    store.insert_many([make("a", T0 - SEC), make("bad", T0), make("c", T0 + SEC)])
+    plant(store, "bad", **raw)
+    if "status" in raw:  # a status no timer has is never due: make the row claimable the other way
+        plant(store, "bad", status="Scheduled", payload="{not json")
+        why = "payload is not valid JSON"
+    claimed = store.claim_due("r1", T0, T0 + SEC, T0 + 30 * SEC, 10)
+    assert ids(claimed) == ["a", "c"]
+    got = store.get("bad")
+    assert got is not None and got.status is Status.FAILED and got.last_error is not None
+    assert why in got.last_error
+    # Written back, not only read so: the stored status is Failed, and no later claim sees the row.
+    assert store.counts()[Status.FAILED] == 1
+    assert store.claim_due("r2", T0 + SEC, T0 + timedelta(days=1), T0 + timedelta(days=2), 10) == []
+
+
+def test_claim_due_fails_a_corrupt_row_whose_lease_expired(store: Store) -> None:
+    store.insert(make("bad", T0, status=Status.RUNNING, lease_owner="dead", lease_until=T0))
+    plant(store, "bad", payload="[1,")
+    assert store.claim_due("r1", T0 + SEC, T0 + SEC, T0 + 30 * SEC, 10) == []
+    got = store.get("bad")
+    assert got is not None and got.status is Status.FAILED and got.lease_owner is None
+    assert store.counts()[Status.FAILED] == 1
+
+
+def test_a_running_timer_without_a_lease_is_reclaimable(store: Store) -> None:
+    store.insert_many(
+        [
+            make("no-lease", T0 + timedelta(hours=1), status=Status.RUNNING),
+            make("owner-only", T0 + timedelta(hours=1), status=Status.RUNNING, lease_owner="gone"),
+            make("leased", T0 - SEC, status=Status.RUNNING, lease_owner="r0", lease_until=T0 + SEC),
+        ]
+    )
+    claimed = store.claim_due("r1", T0, T0, T0 + 30 * SEC, 10)
+    assert sorted(ids(claimed)) == ["no-lease", "owner-only"]
+    assert all(t.lease_owner == "r1" and t.lease_until == T0 + 30 * SEC for t in claimed)
+    assert store.claim_due("r2", T0, T0, T0 + 30 * SEC, 10) == []
+
+
+def test_next_due_skips_a_corrupt_due_instant(store: Store) -> None:
+    store.insert_many([make("bad", T0), make("good", T0 + 5 * SEC)])
+    plant(store, "bad", dueAt="soon")
+    assert store.next_due() == T0 + 5 * SEC
+    plant(store, "good", dueAt="later")
+    assert store.next_due() is None
 
 
 # --- several processes on one backing store --------------------------------------------------------

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import os
+import signal
 import socket
+import subprocess
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -17,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.fixtures_daemons import TIMERCTL
 from tests.fixtures_http import Receiver, wait_until
 from tests.test_runner import make_timer, now, settings_for
 from tests.test_signing import serving
@@ -335,3 +339,94 @@ def test_the_guard_resolves_a_name_again_on_every_check() -> None:
     dns.names["public.example"] = ["169.254.169.254"]
     with pytest.raises(RefusedTarget, match=r"169\.254\.0\.0/16"):
         check(guard, "http://public.example/x")
+
+
+# -- IPv6: metadata endpoints and IPv4 carried inside IPv6 ------------------------------------------------
+
+#: The clouds' IPv6 metadata endpoints and IPv6 forms that carry 169.254.169.254: refused by default.
+IPV6_METADATA = [
+    ("fd00:ec2::254", "cloud metadata address"),  # AWS IMDS over IPv6
+    ("fd20:ce::254", "cloud metadata address"),  # GCP metadata over IPv6
+    ("2002:a9fe:a9fe::1", "carried by 6to4 address"),
+    ("2001:0:4136:e378:8000:63bf:5601:5601", "carried by Teredo address"),  # client 169.254.169.254, obfuscated
+    ("64:ff9b::a9fe:a9fe", "carried by NAT64 address"),
+    ("::169.254.169.254", "carried by IPv4-compatible address"),
+    ("::ffff:0:a9fe:a9fe", "carried by IPv4-translated address"),
+    ("::ffff:169.254.169.254", "carried by IPv4-mapped address"),
+]
+#: IPv6 forms carrying a private IPv4 address: allowed by default, refused with block_private like the IPv4.
+IPV6_CARRYING_PRIVATE = ["2002:a00:1::1", "64:ff9b::a00:1", "::ffff:10.0.0.1", "2002:7f00:1::1"]
+
+
+@pytest.mark.parametrize(("address", "why"), IPV6_METADATA)
+@pytest.mark.parametrize("block_private", [False, True], ids=["default", "block_private"])
+def test_ipv6_metadata_and_ipv4_carried_in_ipv6_are_refused(address: str, why: str, block_private: bool) -> None:
+    reason = refusal(TargetPolicy(block_private=block_private), address)
+
+    assert reason is not None and why in reason
+    if "carried" in why:
+        assert "169.254.169.254" in reason and "blocked range 169.254.0.0/16" in reason
+
+
+@pytest.mark.parametrize("address", IPV6_CARRYING_PRIVATE)
+def test_ipv4_rules_apply_to_the_ipv4_address_an_ipv6_address_carries(address: str) -> None:
+    assert refusal(TargetPolicy(), address) is None
+    reason = refusal(TargetPolicy(block_private=True), address)
+    assert reason is not None and "TIMERCTL_BLOCK_PRIVATE_TARGETS" in reason and "carried by" in reason
+
+
+def test_nat64_of_a_public_address_is_allowed_and_the_allow_list_covers_the_carried_address() -> None:
+    # An IPv6-only network reaches public hosts through NAT64: 64:ff9b::808:808 is 8.8.8.8.
+    assert refusal(TargetPolicy(block_private=True), "64:ff9b::808:808") is None
+    policy = TargetPolicy.from_settings(True, "10.0.0.0/8")
+    assert refusal(policy, "2002:a00:1::1") is None
+    assert refusal(policy, "2002:a9fe:a9fe::1") is not None
+
+
+def test_the_guard_refuses_ipv6_metadata_names_without_connecting() -> None:
+    dns = FakeDns({"imds.example": ["fd00:ec2::254"], "tunnel.example": ["2002:a9fe:a9fe::1"]})
+    guard = TargetGuard(TargetPolicy(), dns)
+
+    with pytest.raises(RefusedTarget, match="cloud metadata"):
+        check(guard, "http://imds.example/latest/meta-data")
+    with pytest.raises(RefusedTarget, match="6to4"):
+        check(guard, "http://tunnel.example/")
+    with pytest.raises(RefusedTarget, match="cloud metadata"):
+        check(guard, "http://[fd20:ce::254]/computeMetadata/v1/")
+
+
+def _in_private_netns() -> bool:
+    probe = subprocess.run(["unshare", "-n", "true"], capture_output=True)
+    return probe.returncode == 0
+
+
+@pytest.mark.skipif(not _in_private_netns(), reason="needs unshare -n (a network namespace of its own)")
+def test_a_runner_refuses_ipv6_metadata_targets_once_and_never_connects(tmp_path: Path) -> None:
+    """A real runner in a network namespace with only loopback: had it tried to connect, the attempt
+    would fail with "Network is unreachable" and be retried, not refused once naming the rule."""
+    db = tmp_path / "timers.db"
+    urls = {
+        "t-aws": "http://[fd00:ec2::254]/latest/meta-data/",
+        "t-gcp": "http://[fd20:ce::254]/computeMetadata/v1/",
+        "t-6to4": "http://[2002:a9fe:a9fe::1]/latest/",
+        "t-nat64": "http://[64:ff9b::a9fe:a9fe]/latest/",
+    }
+    store = SqliteStore(str(db))
+    for timer_id, url in urls.items():
+        store.insert(make_timer(timer_id, url, now()))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TIMERCTL_")}
+    env.update(TIMERCTL_DB=str(db), TIMERCTL_MAX_ATTEMPTS="3", TIMERCTL_RETRY_FIRST_DELAY="0.1")
+    script = f"ip link set lo up; exec {TIMERCTL} serve runner --log-format json --log-level INFO"
+    proc = subprocess.Popen(["unshare", "-n", "sh", "-c", script], env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        for timer_id in urls:
+            failed = settled(store, timer_id, Status.FAILED, timeout=15)
+            assert failed.attempts == 1, f"{timer_id} was retried: {failed.last_error}"
+            assert failed.last_error is not None and "unreachable" not in failed.last_error
+            assert "metadata" in failed.last_error or "169.254.169.254" in failed.last_error
+    finally:
+        store.close()
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0, err[-2000:]
+    assert "Network is unreachable" not in err

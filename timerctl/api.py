@@ -3,6 +3,10 @@
 Handlers are thin: parse, call the service, map domain errors to statuses. Bodies are validated by
 ``timerctl.spec`` (the same rules and messages as the CLI), not by pydantic; the models below only
 document the JSON in the OpenAPI schema. Handlers are sync, so FastAPI runs them in its threadpool.
+
+With ``TIMERCTL_API_TOKENS_FILE`` set every timer route needs a Bearer token (``timerctl.auth``), checked
+before the body is read; ``/health`` and the docs stay open. ``timerctl.api_limits`` bounds bodies and
+slow clients. Every error is ``{code, message}`` with a one-line message, URLs in it redacted.
 """
 
 from __future__ import annotations
@@ -12,22 +16,27 @@ import json
 import logging
 import socket
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Annotated, Any
 
 import uvicorn
-from fastapi import APIRouter, Body, Depends, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 from tzlocal import get_localzone
 
 from timerctl import __version__, metrics
+from timerctl.api_limits import BodyLimit, Limits, uvicorn_options
+from timerctl.auth import TokenStore, allows, is_loopback
 from timerctl.config import Settings
 from timerctl.daemons.lifecycle import StopFlag, Watchdog, notify
 from timerctl.model import BackendUnavailable, Conflict, InvalidInput, NotFound, Timer, TimerError
 from timerctl.model import validate_timer_id as _valid_id
+from timerctl.redaction import one_line
 from timerctl.service import TimerService, health_report
 from timerctl.spec import spec_from_mapping
 
@@ -36,6 +45,11 @@ log = logging.getLogger(__name__)
 STATUS_OF: dict[type[TimerError], int] = {InvalidInput: 400, NotFound: 404, Conflict: 409, BackendUnavailable: 503}
 #: Exit code of ``serve api`` when it cannot listen (the address is taken or not ours).
 EXIT_CANNOT_LISTEN = 3
+#: Deepest nesting of arrays and objects in a create's body: serde_json's default, so a payload accepted
+#: here can be parsed by common receivers, and no later encoder runs out of stack on it.
+MAX_JSON_DEPTH = 128
+MISSING_BODY = 'missing request body; expected a JSON object such as {"webhookUrl": ..., "seconds": 30}'
+TOO_DEEP = f"request body nests arrays and objects too deeply; at most {MAX_JSON_DEPTH} levels are accepted"
 
 
 class TimerRequest(BaseModel):
@@ -81,6 +95,12 @@ def _reply(code: int, message: str, **extra: Any) -> JSONResponse:
     return JSONResponse({"code": code, "message": message, **extra}, status_code=code)
 
 
+def _error(code: int, message: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
+    """An error reply safe to send anyone: one line, URLs without credentials or query, no lone surrogates."""
+    text = one_line(message).encode("utf-8", "backslashreplace").decode("utf-8")
+    return JSONResponse({"code": code, "message": text}, status_code=code, headers=headers)
+
+
 def _timer_reply(code: int, message: str, timer: Timer, service: TimerService) -> JSONResponse:
     data = timer.to_json(service.clock())
     return _reply(code, message, timer={k: data[k] for k in ("timerId", "timeLeft", "timerStatus")})
@@ -112,6 +132,37 @@ def _backends(request: Request) -> _Backends:
 
 
 Backends = Annotated[_Backends, Depends(_backends)]
+_bearer = HTTPBearer(auto_error=False, description="An API token from `timerctl api-token new`.")
+# RFC 6750's challenges: no token, a token we do not know, a token without the scope needed.
+_NO_TOKEN = {"WWW-Authenticate": "Bearer"}
+_BAD_TOKEN = {"WWW-Authenticate": 'Bearer error="invalid_token"'}
+_READ_ONLY = {"WWW-Authenticate": 'Bearer error="insufficient_scope", scope="write"'}
+
+
+def _authorize(request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> None:
+    """Let the request through when its Bearer token is in the tokens file with a scope for its method.
+
+    401 (with ``WWW-Authenticate``) for no token or an unknown one, 403 for a read token on a write.
+    """
+    tokens: TokenStore = request.app.state.tokens
+    scope = tokens.scope_of(credentials.credentials if credentials is not None else None)
+    if scope is None and credentials is None:
+        raise HTTPException(401, "missing API token; send the header Authorization: Bearer <token>", _NO_TOKEN)
+    if scope is None:
+        raise HTTPException(401, "unknown API token; it is not in the server's tokens file", _BAD_TOKEN)
+    if not allows(scope, write=request.method not in ("GET", "HEAD")):
+        raise HTTPException(403, f"this API token has scope {scope}; {request.method} needs scope write", _READ_ONLY)
+
+
+async def _raw_body(request: Request) -> bytes:
+    """The request body, read only once the token was checked (BodyLimit bounds its size and time)."""
+    try:
+        return await request.body()
+    except ClientDisconnect:
+        raise HTTPException(400, "the client closed the connection before sending the whole body") from None
+
+
+RawBody = Annotated[bytes, Depends(_raw_body)]
 # Declaring 4XX also keeps FastAPI from documenting the 422 this API never sends.
 router = APIRouter(
     tags=["timers"], responses=_errors(e400="Invalid input", e4XX="Other client error", e503="A backend is unreachable")
@@ -128,26 +179,43 @@ router = APIRouter(
     },
     openapi_extra={"requestBody": CREATE_BODY},
 )
-def create_timer(backends: Backends, body: Annotated[Any, Body()] = None) -> JSONResponse:
+def create_timer(backends: Backends, body: RawBody) -> JSONResponse:
     """Create a timer (201); a repeated timerId with the same spec returns the existing timer (200)."""
-    if isinstance(body, bytes):  # a JSON body sent without a JSON content type, as `curl -d` does
-        try:
-            body = json.loads(body)
-        except ValueError as exc:
-            raise InvalidInput(f"request body is not valid JSON: {exc}") from None
-    if body is None:
-        raise InvalidInput('missing request body; expected a JSON object such as {"webhookUrl": ..., "seconds": 30}')
-    spec = spec_from_mapping(body, get_localzone())
+    spec = spec_from_mapping(_json_body(body), get_localzone())
     service = backends.ready("cache", "queue", *(["store"] if spec.timer_id is not None else []))
-    existed = False
-    if spec.timer_id is not None:
-        with contextlib.suppress(NotFound):
-            existed = bool(service.get(spec.timer_id))
-    timer = service.create(spec)  # the existing timer again, or Conflict, when the id is taken
-    if existed:
-        return _timer_reply(200, "Timer Already Exists!", timer, service)
+    done = service.create_or_get(spec)  # the existing timer again, or Conflict, when the id is taken
+    if not done.new:
+        return _timer_reply(200, "Timer Already Exists!", done.timer, service)
     metrics.CREATED.inc()
-    return _timer_reply(201, "Timer Created!", timer, service)
+    return _timer_reply(201, "Timer Created!", done.timer, service)
+
+
+def _json_body(body: bytes) -> Any:
+    """The body as JSON whatever its content type (``curl -d`` sends form-encoded); InvalidInput if it is not."""
+    try:
+        data = json.loads(body) if body.strip() else None
+    except RecursionError:  # Python's parser gives up near 1,000 levels
+        raise InvalidInput(TOO_DEEP) from None
+    except ValueError as exc:  # UnicodeDecodeError too
+        raise InvalidInput(f"request body is not valid JSON: {exc}") from None
+    if data is None:
+        raise InvalidInput(MISSING_BODY)
+    if _depth(data) > MAX_JSON_DEPTH:
+        raise InvalidInput(TOO_DEEP)
+    return data
+
+
+def _depth(value: Any) -> int:
+    """How deeply arrays and objects nest in ``value`` (a scalar is 0), counted without recursion."""
+    deepest = 0
+    pending = [(value, 1)]
+    while pending and deepest <= MAX_JSON_DEPTH:
+        item, depth = pending.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is not None:
+            deepest = max(deepest, depth)
+            pending.extend((child, depth + 1) for child in children)
+    return deepest
 
 
 @router.get("/v1/timer/{timerId:path}", response_model=TimerResponse, responses=_errors(e404="No such timer"))
@@ -178,30 +246,44 @@ def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     """FastAPI's 422 as our 400: the first problem on one line."""
     errors = exc.errors() if isinstance(exc, RequestValidationError) else []
     first = errors[0] if errors else {}
-    if first.get("type") == "json_invalid":
-        return _reply(400, f"request body is not valid JSON: {first.get('ctx', {}).get('error', 'decode error')}")
     where = ".".join(str(part) for part in first.get("loc", ()))
-    return _reply(400, f"{where}: {first.get('msg', 'invalid request')}")
+    return _error(400, f"{where}: {first.get('msg', 'invalid request')}")
 
 
 def _timer_error(request: Request, exc: Exception) -> JSONResponse:
     code = next((status for kind, status in STATUS_OF.items() if isinstance(exc, kind)), 500)
-    return _reply(code, str(exc))
+    return _error(code, str(exc))
 
 
 def _http_error(request: Request, exc: Exception) -> JSONResponse:
-    """Starlette's own errors (unknown route, wrong method) in the same shape as ours."""
+    """Starlette's own errors (unknown route, wrong method) and ours (401, 403, 408, 413) in our shape."""
     assert isinstance(exc, HTTPException)
-    response = _reply(exc.status_code, str(exc.detail))
-    response.headers.update(exc.headers or {})
-    return response
+    return _error(exc.status_code, str(exc.detail), exc.headers)
 
 
-def create_app(settings: Settings, service: TimerService | None = None) -> FastAPI:
+def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+    """A bug's 500 in our shape; uvicorn logs the traceback, the client gets no details."""
+    return _error(500, "internal error; the server's log has the details")
+
+
+def open_tokens(settings: Settings) -> TokenStore | None:
+    """The tokens from ``TIMERCTL_API_TOKENS_FILE``, or None when unset; InvalidInput if it cannot be read."""
+    return TokenStore(settings.api_tokens_file) if settings.api_tokens_file else None
+
+
+def create_app(
+    settings: Settings,
+    service: TimerService | None = None,
+    *,
+    tokens: TokenStore | None = None,
+    limits: Limits = Limits(),
+) -> FastAPI:
     """The API over ``service``, or over a TimerService opened from ``settings`` at start and closed at stop.
 
-    A service passed in stays the caller's to close.
+    A service passed in stays the caller's to close. Timer routes need a token from ``tokens``, else from
+    the settings' tokens file (InvalidInput when it cannot be read), and are open when there is none.
     """
+    tokens = tokens if tokens is not None else open_tokens(settings)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -219,12 +301,17 @@ def create_app(settings: Settings, service: TimerService | None = None) -> FastA
         description="Durable webhook timers: POST to a URL at a time, through crashes and restarts.",
         lifespan=lifespan,
     )
-    app.include_router(router)
-    app.include_router(router, prefix="/api", tags=["timers (old-service paths)"])
+    app.state.tokens = tokens
+    # Listed before the route's own: the token is checked before the body is read.
+    guard = [Depends(_authorize)] if tokens is not None else []
+    app.include_router(router, dependencies=guard)
+    app.include_router(router, prefix="/api", tags=["timers (old-service paths)"], dependencies=guard)
     app.add_api_route("/health", health, methods=["GET"], tags=["health"], response_model=None)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(TimerError, _timer_error)
     app.add_exception_handler(HTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected_error)
+    app.add_middleware(BodyLimit, limits=limits)
     return app
 
 
@@ -250,17 +337,37 @@ def _no_colour(record: logging.LogRecord) -> bool:
     return True
 
 
-def serve(settings: Settings, stop: StopFlag, *, host: str = "127.0.0.1", port: int = 3000) -> int:
+def serve(
+    settings: Settings,
+    stop: StopFlag,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 3000,
+    tokens: TokenStore | None = None,
+    limits: Limits = Limits(),
+) -> int:
     """Serve the API until ``stop`` is set and in-flight requests are answered: exit code 0, or 3 when it
-    cannot listen. Sets ``stop`` when it ends, so the roles sharing the process stop with it."""
+    cannot listen. Sets ``stop`` when it ends, so the roles sharing the process stop with it.
+
+    ``tokens`` (else the settings' tokens file) guards the timer routes; the caller has checked that
+    serving ``host`` without them was asked for (``timerctl.auth.check_exposure``).
+    """
     for name in ("uvicorn.error", "uvicorn.access"):
         logging.getLogger(name).addFilter(_no_colour)  # once: the same filter is not added twice
+    tokens = tokens if tokens is not None else open_tokens(settings)
+    if tokens is not None and tokens.entries():
+        log.info("HTTP API requires tokens from %s (%d listed)", tokens.path, len(tokens.entries()))
+    elif tokens is not None:
+        log.warning("tokens file %s lists no token: every timer request is refused until one is added", tokens.path)
+    elif not is_loopback(host):
+        log.warning("HTTP API on %s accepts every request without a token (--no-auth)", host)
     config = uvicorn.Config(
-        create_app(settings),
+        create_app(settings, tokens=tokens, limits=limits),
         host=host,
         port=port,
         log_config=None,
         timeout_graceful_shutdown=max(1, round(settings.drain_timeout)),
+        **uvicorn_options(limits),
     )
     server = _Server(config)
     finished = threading.Event()

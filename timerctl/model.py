@@ -17,6 +17,8 @@ from enum import StrEnum
 from typing import Any
 from urllib.parse import urlsplit
 
+from timerctl.redaction import redact_url, scrub
+
 MAX_URL_LENGTH = 2048
 MAX_PAYLOAD_BYTES = 64 * 1024
 #: The largest integer every store can hold (SQLite INTEGER and BSON int64 are signed 64-bit).
@@ -163,29 +165,42 @@ def _check_url(url: str) -> str:
     if len(url) > MAX_URL_LENGTH:
         raise InvalidInput(f"webhook URL is {len(url)} characters; at most {MAX_URL_LENGTH} are accepted")
     if _URL_BAD_CHARS.search(url):
-        raise InvalidInput(f"webhook URL {url[:80]!r} contains whitespace or control characters")
+        raise InvalidInput(f"webhook URL {_shown(url)} contains whitespace or control characters")
     if not url.isascii():
         try:
             url.encode()
         except UnicodeEncodeError as exc:
-            raise InvalidInput(f"webhook URL {url[:80]!r} is not valid Unicode: {exc.reason}") from exc
+            raise InvalidInput(f"webhook URL {_shown(url)} is not valid Unicode: {exc.reason}") from exc
     try:
         parts = urlsplit(url)
         host = parts.hostname
         _ = parts.port  # raises on a malformed port
     except ValueError as exc:
-        raise InvalidInput(f"invalid webhook URL {url[:80]!r}: {exc}") from exc
+        raise InvalidInput(f"invalid webhook URL {_shown(url)}: {scrub(str(exc))}") from exc
     if parts.scheme not in ("http", "https"):
-        raise InvalidInput(f"webhook URL {url[:80]!r} must start with http:// or https://")
+        raise InvalidInput(f"webhook URL {_shown(url)} must start with http:// or https://")
     if parts.username is not None or parts.password is not None:
         raise InvalidInput("webhook URL must not carry user:password credentials; put secrets in the payload")
     if not host:
-        raise InvalidInput(f"webhook URL {url[:80]!r} has no host")
+        raise InvalidInput(f"webhook URL {_shown(url)} has no host")
     return url
 
 
+def _shown(url: str) -> str:
+    """The URL as an error message may echo it: no query string or credentials, at most 80 characters."""
+    return repr(redact_url(url)[:80])
+
+
+#: The longest payload text read and parsed at all (pretty-printed JSON may exceed 64 KiB; this may not).
+MAX_PAYLOAD_TEXT_BYTES = 1024 * 1024
+
+
 def encode_payload(payload: Any) -> str | None:
-    """The payload as compact JSON text (None for no payload); InvalidInput when over 64 KiB."""
+    """The payload as compact JSON text (None for no payload); InvalidInput when that is over 64 KiB.
+
+    The one payload limit of every path (``--payload``, ``--from-file``, the API, Kafka records): it
+    applies to this encoding, the form that is stored, cached, queued and POSTed.
+    """
     if payload is None:
         return None
     try:
@@ -194,14 +209,24 @@ def encode_payload(payload: Any) -> str | None:
     except (TypeError, ValueError, RecursionError) as exc:
         raise InvalidInput(f"payload is not JSON-serialisable: {exc}") from exc
     if size > MAX_PAYLOAD_BYTES:
-        raise InvalidInput(f"payload is {size} bytes; at most {MAX_PAYLOAD_BYTES} (64 KiB) are accepted")
+        raise InvalidInput(
+            f"payload is {size} bytes as compact JSON, over {MAX_PAYLOAD_BYTES} bytes; "
+            f"at most {MAX_PAYLOAD_BYTES} (64 KiB) are accepted"
+        )
     return text
 
 
 def parse_payload(text: str) -> Any:
-    """A JSON value from the text of ``--payload``; InvalidInput naming the JSON error otherwise."""
-    if len(text.encode(errors="surrogateescape")) > MAX_PAYLOAD_BYTES:
-        raise InvalidInput(f"payload is over {MAX_PAYLOAD_BYTES} bytes (64 KiB)")
+    """A JSON value from the text of ``--payload``; InvalidInput naming the JSON error otherwise.
+
+    Whitespace does not count: the 64 KiB limit is ``encode_payload``'s, on the compact form. Text over
+    ``MAX_PAYLOAD_TEXT_BYTES`` is refused before it is parsed.
+    """
+    if len(text) > MAX_PAYLOAD_TEXT_BYTES or len(text.encode(errors="surrogateescape")) > MAX_PAYLOAD_TEXT_BYTES:
+        raise InvalidInput(
+            f"payload text is over {MAX_PAYLOAD_TEXT_BYTES} bytes (1 MiB); its compact JSON may be at most "
+            f"{MAX_PAYLOAD_BYTES} (64 KiB)"
+        )
     try:
         value = json.loads(text)
     except ValueError as exc:

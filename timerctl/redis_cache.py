@@ -13,7 +13,7 @@ import re
 import time
 from collections.abc import Callable, Iterable
 from datetime import datetime
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import unquote, unquote_plus
 
 import redis
 from redis.backoff import NoBackoff
@@ -26,23 +26,29 @@ DEFAULT_TIMEOUT = 0.5
 DEFAULT_RETRY_AFTER = 30.0
 
 
+#: A ``password=`` query option (redis-py takes the password from the query too).
+_QUERY_PASSWORD = re.compile(r"([?&]password=)([^&#]*)")
+
+
 def redact_url(url: str) -> str:
-    """``url`` with any ``user:password@`` replaced by ``***@``, safe to print and log."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparseable Redis URL>"
-    if "@" not in parts.netloc:
-        return url
-    host = parts.netloc.rpartition("@")[2]
-    return urlunsplit(parts._replace(netloc=f"***@{host}"))
+    """``url`` with any ``user:password@`` shown as ``***@`` and a ``password=`` option as ``password=***``,
+    safe to print and log. Textual, so a malformed URL is redacted as well as a good one."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return "<not a URL>"
+    # The last '@' ends the credentials even when a password holds '@', '/' or '?' unescaped.
+    _, at, location = rest.rpartition("@")
+    shown = _QUERY_PASSWORD.sub(r"\1***", location)
+    return f"{scheme}://{'***@' if at else ''}{shown}"
 
 
-def _password(url: str) -> str | None:
-    try:
-        return urlsplit(url).password or None
-    except ValueError:
-        return None
+def _secrets(url: str) -> set[str]:
+    """The credentials in ``url`` (the password of ``user:password@`` and any ``password=`` in the query),
+    as written and percent-decoded, found without trusting the URL to parse."""
+    userinfo, at, location = url.partition("://")[2].rpartition("@")
+    found = {userinfo.partition(":")[2]} if at else set()
+    found.update(secret for _, secret in _QUERY_PASSWORD.findall(location))
+    return {form for secret in found for form in (secret, unquote(secret), unquote_plus(secret)) if form}
 
 
 def _one_line(exc: BaseException) -> str:
@@ -65,7 +71,7 @@ class RedisCache:
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.url = redact_url(url)
-        self._secret = _password(url)
+        self._secrets = _secrets(url)
         self.grace = grace
         self.prefix = prefix
         self._warn = warn
@@ -179,9 +185,8 @@ class RedisCache:
     def _reason(self, exc: BaseException) -> str:
         """The error on one line, with the URL's password masked should the client ever echo it."""
         text = _one_line(exc)
-        if self._secret:
-            for form in (self._secret, unquote(self._secret)):
-                text = text.replace(form, "***")
+        for secret in sorted(self._secrets, key=len, reverse=True):  # longest first: no part left showing
+            text = text.replace(secret, "***")
         return text
 
 

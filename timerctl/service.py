@@ -48,6 +48,14 @@ def open_cache(settings: Settings, warn: Callable[[str], None]) -> Cache:
 
 
 @dataclass(frozen=True, slots=True)
+class Created:
+    """What a create did: ``timer`` as stored, and whether this call made it (``new``) or found it."""
+
+    timer: Timer
+    new: bool
+
+
+@dataclass(frozen=True, slots=True)
 class LineResult:
     """One line of a ``--from-file`` import: the timer created, or the error for that line."""
 
@@ -101,23 +109,31 @@ class TimerService:
         return self.cache.get(timer_id) or self.store.get(timer_id)
 
     def create(self, spec: TimerSpec) -> Timer:
-        """The created timer, or the existing one for a repeated ``--id`` with the same spec.
+        """The created timer, or the existing one for a repeated ``--id`` with the same spec (``create_or_get``)."""
+        return self.create_or_get(spec).timer
 
-        Conflict when the id exists with a different spec; BackendUnavailable when the queue is down.
+    def create_or_get(self, spec: TimerSpec) -> Created:
+        """The timer created, or the existing one for a repeated ``--id`` with the same spec, saying which.
+
+        Conflict when the id exists with a different spec; BackendUnavailable when the queue is down. Of
+        any number of concurrent creates of one id, exactly one is told ``new`` when the queue writes the
+        store itself: the insert decides. Through Kafka only the lookup before publishing decides, so two
+        creates racing within the same few milliseconds can both be told ``new``; the consumer keeps the
+        first, and the other (if its spec differed) is dropped without a Conflict.
         """
         now = self.clock()
         if spec.timer_id is not None:
             # Looked up before the time checks: a retried `--at T` after T must still find its timer.
             existing = self._lookup(validate_timer_id(spec.timer_id))
             if existing is not None:
-                return _same_or_conflict(spec, existing)
+                return Created(_same_or_conflict(spec, existing), new=False)
         timer = spec.resolve(now, self.settings.horizon)
-        stored = self.queue.submit([timer])[0]
-        if spec.timer_id is not None and stored is not timer and stored != timer:
+        stored, new = self.queue.submit_one(timer)
+        if not new:
             # Another client created the same id between our lookup and our insert.
-            return _same_or_conflict(spec, stored)
+            return Created(_same_or_conflict(spec, stored), new=False)
         self.cache.put(stored, now)
-        return stored
+        return Created(stored, new=True)
 
     def create_many(
         self, specs: Iterable[tuple[int, TimerSpec | InvalidInput]], batch: int = 10_000

@@ -39,6 +39,15 @@ ALWAYS_BLOCKED: tuple[Network, ...] = tuple(
         "100::/64",  # discard
     )
 )
+#: The clouds' IPv6 instance-metadata endpoints (AWS, GCP), refused by default like 169.254.169.254.
+METADATA_V6: tuple[ipaddress.IPv6Network, ...] = (
+    ipaddress.IPv6Network("fd00:ec2::254/128"),
+    ipaddress.IPv6Network("fd20:ce::254/128"),
+)
+#: The well-known NAT64 prefix (RFC 6052): the last 32 bits are the IPv4 destination.
+NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+#: Embeddings that stand for their IPv4 address alone (no tunnel): allowed when that address is.
+TRANSLATIONS = frozenset({"IPv4-mapped", "IPv4-translated", "NAT64"})
 #: Blocked only with TIMERCTL_BLOCK_PRIVATE_TARGETS=1.
 PRIVATE: tuple[Network, ...] = tuple(
     ipaddress.ip_network(n)
@@ -69,29 +78,69 @@ class TargetPolicy:
         return cls(block_private, tuple(networks), frozenset(hosts))
 
     def refusal(self, host: str, address: IPAddress) -> str | None:
-        """Why ``address`` (resolved from ``host``) is refused, or None when it may be called."""
+        """Why ``address`` (resolved from ``host``) is refused, or None when it may be called.
+
+        An IPv6 address that carries an IPv4 address (mapped, compatible, 6to4, Teredo, NAT64) is judged
+        by the IPv4 rules too: ``2002:a9fe:a9fe::1`` reaches 169.254.169.254 through a 6to4 relay.
+        """
         if host.lower().rstrip(".") in self.allowed_hosts:
             return None
-        mapped = address.ipv4_mapped if isinstance(address, ipaddress.IPv6Address) else None
-        candidate: IPAddress = mapped or address
-        if any(candidate in net for net in self.allowed_networks if net.version == candidate.version):
+        if any(address in net for net in self.allowed_networks if net.version == address.version):
             return None
+        for network in METADATA_V6:
+            if address in network:
+                return f"target {host} resolves to {address}, a cloud metadata address ({network})"
+        if isinstance(address, ipaddress.IPv6Address):
+            carried = embedded_ipv4(address)
+            for kind, embedded in carried:
+                if any(embedded in net for net in self.allowed_networks if net.version == 4):
+                    return None
+                reason = self._refusal(host, embedded)
+                if reason is not None:
+                    return f"{reason} (carried by {kind} address {address})"
+            if any(kind in TRANSLATIONS for kind, _ in carried):
+                # Exactly its IPv4 address (a NAT64 network's way to reach a public host): judged above, and
+                # not refused for lying in the IETF-reserved ::/8 the way the IPv6 rules would.
+                return None
+        return self._refusal(host, address)
+
+    def _refusal(self, host: str, candidate: IPAddress) -> str | None:
         for net in ALWAYS_BLOCKED:
             if net.version == candidate.version and candidate in net:
-                return f"target {host} resolves to {address}, in blocked range {net}"
+                return f"target {host} resolves to {candidate}, in blocked range {net}"
         # ::1 lies in the IETF-reserved ::/8, so is_reserved would refuse it: loopback is block_private's call.
         if not candidate.is_loopback and (
             candidate.is_multicast or candidate.is_unspecified or candidate.is_reserved or candidate.is_link_local
         ):
-            return f"target {host} resolves to {address}, a reserved/link-local/multicast address"
+            return f"target {host} resolves to {candidate}, a reserved/link-local/multicast address"
         if self.block_private:
             setting = "blocked by TIMERCTL_BLOCK_PRIVATE_TARGETS"
             for net in PRIVATE:
                 if net.version == candidate.version and candidate in net:
-                    return f"target {host} resolves to {address}, in private range {net} {setting}"
+                    return f"target {host} resolves to {candidate}, in private range {net} {setting}"
             if candidate.is_private or candidate.is_loopback:
-                return f"target {host} resolves to {address}, a private address {setting}"
+                return f"target {host} resolves to {candidate}, a private address {setting}"
         return None
+
+
+def embedded_ipv4(address: ipaddress.IPv6Address) -> list[tuple[str, ipaddress.IPv4Address]]:
+    """The IPv4 addresses an IPv6 address carries, each with the name of the embedding."""
+    found: list[tuple[str, ipaddress.IPv4Address]] = []
+    if address.ipv4_mapped is not None:
+        found.append(("IPv4-mapped", address.ipv4_mapped))
+    value = int(address)
+    if value >> 32 == 0 and value > 1:  # ::a.b.c.d, deprecated but still routed by some stacks
+        found.append(("IPv4-compatible", ipaddress.IPv4Address(value & 0xFFFFFFFF)))
+    if value >> 32 == 0xFFFF0000:  # ::ffff:0:a.b.c.d, SIIT's IPv4-translated form
+        found.append(("IPv4-translated", ipaddress.IPv4Address(value & 0xFFFFFFFF)))
+    if address.sixtofour is not None:
+        found.append(("6to4", address.sixtofour))
+    if address.teredo is not None:
+        server, client = address.teredo
+        found.extend((("Teredo", client), ("Teredo server", server)))
+    if address in NAT64:
+        found.append(("NAT64", ipaddress.IPv4Address(value & 0xFFFFFFFF)))
+    return found
 
 
 async def system_resolver(host: str, port: int) -> list[str]:

@@ -14,6 +14,7 @@ from timerctl.cli import timers
 from timerctl.cli.demo import demo
 from timerctl.cli.doctor import doctor
 from timerctl.cli.serve import serve_app
+from timerctl.cli.tokens import tokens_app
 from timerctl.cli.verify import verify
 from timerctl.cli.views import stats, watch
 
@@ -51,6 +52,7 @@ app.command()(verify)
 app.command()(watch)
 app.command()(stats)
 app.add_typer(serve_app, name="serve")
+app.add_typer(tokens_app, name="api-token")
 
 
 def main(argv: list[str] | None = None) -> None:

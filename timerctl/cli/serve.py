@@ -1,13 +1,17 @@
 """``serve runner|consumer|all``: the long-running daemons, each a loop over the Protocols."""
 
 import threading
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from timerctl.cli.common import EXIT_INVALID, errors_to_exit_codes, fail, settings_from_env
+from timerctl.config import Settings
 from timerctl.daemons.lifecycle import StopFlag
 from timerctl.logs import setup_logging
+
+if TYPE_CHECKING:
+    from timerctl.auth import TokenStore
 
 serve_app = typer.Typer(
     help="Run a daemon: the runner (fires timers), the consumer (Kafka -> store) or the HTTP API.",
@@ -68,6 +72,22 @@ def consumer(log_format: LogFormat = None, log_level: LogLevel = "INFO", metrics
 
 Host = Annotated[str, typer.Option("--host", help="Address the HTTP API listens on.")]
 Port = Annotated[int, typer.Option("--port", min=1, max=65535, help="Port the HTTP API listens on.")]
+NoAuth = Annotated[
+    bool,
+    typer.Option(
+        "--no-auth",
+        help="Serve the HTTP API off loopback without API tokens (when a proxy in front authenticates).",
+    ),
+]
+
+
+def _api_tokens(settings: Settings, host: str, no_auth: bool) -> "TokenStore | None":
+    """The tokens guarding the API, read before anything starts; exit 2 when unreadable or when ``host``
+    would expose the API without them and ``--no-auth`` did not ask for that."""
+    from timerctl.auth import TokenStore, check_exposure
+
+    check_exposure(host, settings.api_tokens_file, no_auth)
+    return TokenStore(settings.api_tokens_file) if settings.api_tokens_file else None
 
 
 @serve_app.command("api")
@@ -78,13 +98,15 @@ def api(
     log_format: LogFormat = None,
     log_level: LogLevel = "INFO",
     metrics_port: MetricsPort = None,
+    no_auth: NoAuth = False,
 ) -> None:
     """Serve the HTTP API (docs at /docs) until SIGTERM/SIGINT; exit 3 when it cannot listen."""
     from timerctl import api as http_api  # FastAPI loads here only: other commands must start fast
 
     settings = settings_from_env()
+    tokens = _api_tokens(settings, host, no_auth)
     stop = _start(log_format, log_level, metrics_port)
-    raise typer.Exit(http_api.serve(settings, stop, host=host, port=port))
+    raise typer.Exit(http_api.serve(settings, stop, host=host, port=port, tokens=tokens))
 
 
 @serve_app.command("all")
@@ -96,12 +118,16 @@ def serve_all(
     with_api: Annotated[bool, typer.Option("--api", help="Also serve the HTTP API.")] = False,
     api_host: Annotated[str, typer.Option("--api-host", help="Address the HTTP API listens on.")] = "127.0.0.1",
     api_port: Annotated[int, typer.Option("--api-port", min=1, max=65535, help="Port of the HTTP API.")] = 3000,
+    no_auth: NoAuth = False,
 ) -> None:
     """Run every role the configuration needs in one process: the runner, the consumer with Kafka, the API."""
     from timerctl.daemons import consumer as consumer_daemon
     from timerctl.daemons import runner as runner_daemon
 
     settings = settings_from_env()
+    if no_auth and not with_api:
+        raise fail("--no-auth applies to the HTTP API; add --api or drop --no-auth", EXIT_INVALID)
+    tokens = _api_tokens(settings, api_host, no_auth) if with_api else None
     stop = _start(log_format, log_level, metrics_port)
     codes: list[int] = []
     threads: list[threading.Thread] = []
@@ -115,7 +141,7 @@ def serve_all(
         from timerctl import api as http_api
 
         thread = threading.Thread(
-            target=lambda: codes.append(http_api.serve(settings, stop, host=api_host, port=api_port)),
+            target=lambda: codes.append(http_api.serve(settings, stop, host=api_host, port=api_port, tokens=tokens)),
             name="timerctl-api",
         )
         thread.start()

@@ -5,7 +5,6 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, tzinfo
-from pathlib import Path
 from typing import Annotated, Any, BinaryIO
 
 import typer
@@ -21,7 +20,7 @@ from timerctl.cli.common import (
     timer_table,
     timers_table,
 )
-from timerctl.model import InvalidInput, TimerSpec, parse_payload, parse_status
+from timerctl.model import MAX_PAYLOAD_TEXT_BYTES, InvalidInput, TimerSpec, parse_payload, parse_status
 from timerctl.spec import build_spec, spec_from_mapping
 from timerctl.timeparse import parse_duration
 
@@ -38,13 +37,24 @@ def _int_or_none(name: str, text: str | None) -> int | None:
 
 
 def _payload(text: str | None) -> Any:
+    """The payload of ``--payload``: JSON text, or ``@file`` read up to the text limit (``@/dev/zero`` is refused)."""
     if text is None:
         return None
     if text.startswith("@"):
+        name = text[1:]
         try:
-            text = Path(text[1:]).read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise InvalidInput(f"cannot read payload file {text[1:]!r}: {exc}") from None
+            with open(name, "rb") as fh:
+                data = fh.read(MAX_PAYLOAD_TEXT_BYTES + 1)
+        except OSError as exc:
+            raise InvalidInput(f"cannot read payload file {name!r}: {exc}") from None
+        if len(data) > MAX_PAYLOAD_TEXT_BYTES:
+            raise InvalidInput(
+                f"payload file {name!r} is over {MAX_PAYLOAD_TEXT_BYTES} bytes (1 MiB); not read further"
+            )
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise InvalidInput(f"cannot read payload file {name!r}: {exc}") from None
     return parse_payload(text)
 
 
@@ -97,13 +107,32 @@ def _local_zone() -> tzinfo:
     return get_localzone()
 
 
+#: The longest ``--from-file`` line parsed: a payload's text limit plus room for the other fields.
+MAX_SPEC_LINE = MAX_PAYLOAD_TEXT_BYTES + 16 * 1024
+
+
+def _lines(stream: BinaryIO, limit: int = MAX_SPEC_LINE) -> Iterator[bytes | None]:
+    """The stream's lines, each read at most ``limit`` bytes at a time; None for a line over ``limit``
+    (skipped to its end without being kept), so one endless line cannot exhaust memory."""
+    while line := stream.readline(limit + 1):
+        if len(line) <= limit:
+            yield line
+            continue
+        while not line.endswith(b"\n") and (line := stream.readline(limit + 1)):
+            pass
+        yield None
+
+
 def _read_specs(stream: BinaryIO) -> Iterator[tuple[int, TimerSpec | InvalidInput]]:
     # Bytes, decoded line by line: a line that is not UTF-8 is one invalid line, not a failed import.
     zone = _local_zone()
-    for number, line in enumerate(stream, start=1):
+    for number, line in enumerate(_lines(stream), start=1):
+        spec: TimerSpec | InvalidInput
+        if line is None:
+            yield number, InvalidInput(f"line is over {MAX_SPEC_LINE} bytes; not parsed")
+            continue
         if not line.strip():
             continue
-        spec: TimerSpec | InvalidInput
         try:
             spec = spec_from_mapping(json.loads(line.decode("utf-8")), zone)
         except InvalidInput as exc:

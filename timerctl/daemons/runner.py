@@ -33,8 +33,9 @@ from timerctl import metrics
 from timerctl.cache import Cache, NoCache
 from timerctl.config import Settings
 from timerctl.daemons.lifecycle import StopFlag, backoff, notify
-from timerctl.delivery import Deliverer, Signer, decide, redact
+from timerctl.delivery import Attempt, Deliverer, Signer, decide, log_unexpected
 from timerctl.model import BackendUnavailable, Status, Timer, utc
+from timerctl.redaction import redact_url
 from timerctl.service import Clock, system_clock
 from timerctl.stores.base import Outcome, Store
 from timerctl.targets import TargetGuard, TargetPolicy
@@ -296,7 +297,16 @@ class Runner:
         fired_at = utc(self.clock())  # the body's millisecond precision, so the store records the same instant
         lateness = (fired_at - timer.due_at).total_seconds()
         metrics.LATENESS.observe(max(0.0, lateness))
-        result = await self.deliverer.deliver(timer, attempt, fired_at)
+        try:
+            result = await self.deliverer.deliver(timer, attempt, fired_at)
+        except asyncio.CancelledError:
+            # Shutdown past the drain bound: nothing is recorded; the lease lapses and another runner retries.
+            raise
+        except BaseException as exc:
+            # Whatever else escaped ends as a recorded failed attempt (dramatiq's worker discipline): a timer
+            # left held would have its lease renewed for ever, Running with nobody working on it. Signals
+            # reach the main thread only, so nothing here is a request to stop.
+            result = Attempt(False, error=log_unexpected(exc, timer))
         # Finished records the instant the receiver was sent, not when it answered.
         outcome = decide(timer, attempt, result, self.clock(), self.settings.retry, self.rand(), fired_at)
         _count(result.ok, result.duration, outcome.status)
@@ -305,7 +315,7 @@ class Runner:
                 "timer %s attempt %d to %s: %s",
                 timer.timer_id,
                 attempt,
-                redact(timer.webhook_url),
+                redact_url(timer.webhook_url),
                 "delivered" if result.ok else result.error,
                 extra={
                     "timer_id": timer.timer_id,

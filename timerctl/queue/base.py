@@ -21,6 +21,15 @@ class Queue(Protocol):
         """
         ...
 
+    def submit_one(self, timer: Timer) -> tuple[Timer, bool]:
+        """Hand one timer over: the stored timer with this id and whether ``timer`` was new.
+
+        Direct, the store's insert answers (first write wins, so of racing creates exactly one is new).
+        Through Kafka the consumer stores it later: ``(timer, True)`` once acknowledged, and the caller's
+        lookup before submitting is all that tells a repeat.
+        """
+        ...
+
     def submit_cancel(self, timer_id: str) -> None:
         """Publish a cancel so it stays ordered after the timer's create (no-op when direct)."""
         ...

@@ -18,9 +18,12 @@ class DirectQueue:
 
     def submit(self, timers: Sequence[Timer]) -> list[Timer]:
         if len(timers) == 1:
-            return [self.store.insert(timers[0])]
+            return [self.store.insert(timers[0])[0]]
         self.store.insert_many(timers)
         return list(timers)
+
+    def submit_one(self, timer: Timer) -> tuple[Timer, bool]:
+        return self.store.insert(timer)
 
     def submit_cancel(self, timer_id: str) -> None:
         return None

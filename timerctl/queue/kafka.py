@@ -8,6 +8,12 @@ and its cancel land on the same partition, in order. The value is compact UTF-8 
 
 A record the consumer cannot decode goes to ``<topic>.dlq`` with its original key and value and the
 reason (``encode_dead_letter``), so one bad record never blocks the partition behind it.
+
+A create record must describe a new timer, since nothing but a runner's claim may move one on: its
+``timerStatus`` is ``Scheduled`` (or absent), ``attempts`` 0 (or absent), ``firedAt`` and ``lastError``
+null (or absent) and ``dueAt`` equal to ``expiryTime`` (or absent). Anything else, such as a foreign
+producer's ``"timerStatus": "Running"`` that would be stored and never fire, is dead-lettered with the
+fields at fault as its reason. Lease fields are never taken from a record (a claim is the store's).
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from typing import Any, Literal
 from confluent_kafka import KafkaError, KafkaException, Producer
 from confluent_kafka import Message as KafkaMessage
 
-from timerctl.model import BackendUnavailable, InvalidInput, Timer, validate_timer_id
+from timerctl.model import BackendUnavailable, InvalidInput, Status, Timer, validate_timer_id
 
 WIRE_VERSION = 1
 DLQ_SUFFIX = ".dlq"
@@ -101,6 +107,26 @@ def _json_type(value: Any) -> str:
     return names.get(type(value), "number")
 
 
+def _check_new(timer: Timer) -> None:
+    """InvalidInput naming every field by which a create record's ``timer`` is not a new timer."""
+    wrong = []
+    if timer.status is not Status.SCHEDULED:
+        wrong.append(f"timerStatus is {timer.status.value!r}")
+    if timer.attempts:
+        wrong.append(f"attempts is {timer.attempts}")
+    if timer.fired_at is not None:
+        wrong.append("firedAt is set")
+    if timer.last_error is not None:
+        wrong.append("lastError is set")
+    if timer.due_at != timer.expiry_time:
+        wrong.append("dueAt differs from expiryTime")
+    if wrong:
+        raise InvalidInput(
+            f"create record is not a new timer: {', '.join(wrong)}; expected timerStatus Scheduled, attempts 0, "
+            "no firedAt or lastError, dueAt equal to expiryTime (each may be left out)"
+        )
+
+
 def decode(value: bytes | None) -> Message:
     """The Message in a record value; InvalidInput saying precisely what is wrong with it."""
     if value is None:
@@ -132,9 +158,10 @@ def decode(value: bytes | None) -> Message:
         if "timer" not in data:
             raise InvalidInput('create record has no "timer" object')
         try:
-            timer = Timer.from_record(data["timer"])
+            timer = Timer.from_record(data["timer"])  # takes no lease fields, whatever the record holds
         except InvalidInput as exc:
             raise InvalidInput(f"create record has an invalid timer: {exc}") from exc
+        _check_new(timer)
         return Message("create", timer.timer_id, timer)
     if op == "cancel":
         if "timerId" not in data:
@@ -294,6 +321,11 @@ class KafkaQueue:
             chunk = timers[start : start + SUBMIT_CHUNK]
             self._publish((record_key(t.timer_id), encode_create(t)) for t in chunk)
         return list(timers)
+
+    def submit_one(self, timer: Timer) -> tuple[Timer, bool]:
+        """``(timer, True)`` once its create record is acknowledged: only the consumer knows if it was new."""
+        self.submit([timer])
+        return timer, True
 
     def submit_cancel(self, timer_id: str) -> None:
         """Publish a cancel after the timer's create (same key, same partition); returns once acknowledged."""

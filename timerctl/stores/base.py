@@ -35,8 +35,11 @@ class Outcome:
 class Store(Protocol):
     """Durable timers. Methods are safe to call from several processes on the same backing store."""
 
-    def insert(self, timer: Timer) -> Timer:
-        """The stored timer with this id: ``timer`` if it was new, else the existing one (first write wins)."""
+    def insert(self, timer: Timer) -> tuple[Timer, bool]:
+        """``(timer as stored, True)`` when the id was absent, else ``(the existing timer, False)``: first write wins.
+
+        Atomic: of any number of concurrent inserts of one id, from any process, exactly one is told new.
+        """
         ...
 
     def insert_many(self, timers: Sequence[Timer]) -> int:

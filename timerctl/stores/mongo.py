@@ -3,17 +3,20 @@
 Each timer is one document in ``timers``, keyed by a unique index on ``timerId``. Every claim and every
 later write by a runner is a single-document atomic update whose filter names the state it expects
 (``status`` and ``leaseOwner``), so a runner whose lease was taken over writes nothing. Instants are
-BSON datetimes in UTC (millisecond precision, as the model keeps them).
+BSON datetimes in UTC (millisecond precision, as the model keeps them). Documents are decoded through
+the tolerant ``rows.decode_row``: a corrupt one reads as a Failed timer and is never handed to a runner.
 """
 
 from __future__ import annotations
 
 import builtins
-import json
+import logging
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from typing import Any, cast
+from urllib.parse import unquote_plus
 
 from pymongo import ASCENDING, MongoClient, ReturnDocument
 from pymongo.collection import Collection
@@ -37,6 +40,9 @@ from timerctl.model import (
     utc,
 )
 from timerctl.stores.base import Outcome
+from timerctl.stores.rows import decode_row, status_of
+
+log = logging.getLogger(__name__)
 
 DEFAULT_DATABASE = "timerctl"
 COLLECTION = "timers"
@@ -76,23 +82,39 @@ def _doc(timer: Timer) -> Document:
     }
 
 
+#: A document's fields in ``Timer``'s order, as ``decode_row`` takes them.
+_FIELDS = ("timerId", "webhookUrl", "expiryTime", "createdAt", "status", "payload")
+_LATER_FIELDS = ("firedAt", "lastError", "dueAt", "leaseOwner", "leaseUntil")
+
+
+def _stored_instant(value: Any) -> datetime:
+    if not isinstance(value, datetime):
+        raise TypeError("not a BSON date")
+    return _instant(value)
+
+
+def _decode(doc: Document) -> tuple[Timer, str | None]:
+    """The Timer of a document and None, or a Failed Timer and what is corrupt in the document."""
+    values = [doc.get(k) for k in _FIELDS] + [doc.get("attempts", 0)] + [doc.get(k) for k in _LATER_FIELDS]
+    return decode_row(values, _stored_instant)
+
+
 def _timer(doc: Document) -> Timer:
-    payload = doc.get("payload")
-    fired, lease = doc.get("firedAt"), doc.get("leaseUntil")
-    return Timer(
-        timer_id=doc["timerId"],
-        webhook_url=doc["webhookUrl"],
-        expiry_time=_instant(doc["expiryTime"]),
-        created_at=_instant(doc["createdAt"]),
-        status=Status(doc["status"]),
-        payload=json.loads(payload) if payload is not None else None,
-        attempts=doc.get("attempts", 0),
-        fired_at=_instant(fired) if fired is not None else None,
-        last_error=doc.get("lastError"),
-        due_at=_instant(doc["dueAt"]),
-        lease_owner=doc.get("leaseOwner"),
-        lease_until=_instant(lease) if lease is not None else None,
-    )
+    """The Timer of a document; a corrupt one reads as Failed with the corruption in ``last_error``."""
+    return _decode(doc)[0]
+
+
+_NO_LEASE: Document = {"leaseOwner": None, "leaseUntil": None}
+
+
+def _mask(text: str, uri: str) -> str:
+    """``text`` with the password of ``uri``'s ``user:password@`` (found without parsing: the URI may be
+    malformed) replaced by ``***``, as typed and percent-decoded."""
+    userinfo, at, _ = uri.partition("://")[2].rpartition("@")
+    password = userinfo.partition(":")[2] if at else ""
+    for form in {password, unquote_plus(password)} - {""}:
+        text = text.replace(form, "***")
+    return text
 
 
 def _one_line(exc: Exception) -> str:
@@ -129,20 +151,28 @@ class MongoStore:
 
         BackendUnavailable within about ``timeout`` seconds when no server answers.
         """
+        expected = "expected mongodb://host[:port]/database"
         try:
-            client: MongoClient[Document] = MongoClient(
-                uri,
-                serverSelectionTimeoutMS=int(timeout * 1000),
-                connectTimeoutMS=int(timeout * 1000),
-                socketTimeoutMS=30_000,  # a server that accepts but never answers must not hang a runner
-                tz_aware=True,
-                tzinfo=UTC,
-            )
+            # The driver only warns about an option it does not understand, and ignores it: a typo such
+            # as tls=ture would silently turn TLS off. Refused here instead, as a bad URI.
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                client: MongoClient[Document] = MongoClient(
+                    uri,
+                    serverSelectionTimeoutMS=int(timeout * 1000),
+                    connectTimeoutMS=int(timeout * 1000),
+                    socketTimeoutMS=30_000,  # a server that accepts but never answers must not hang a runner
+                    tz_aware=True,
+                    tzinfo=UTC,
+                )
+            refused = [w for w in caught if issubclass(w.category, UserWarning)]
+            if refused:
+                client.close()
+                raise InvalidInput(f"invalid MongoDB URI: {_mask(str(refused[0].message), uri)}; {expected}")
             db = client.get_default_database(default=DEFAULT_DATABASE)
         except (ConfigurationError, ValueError) as exc:  # InvalidURI, or a bad port or option value
-            # The URI is not echoed: it may carry a password.
-            expected = "expected mongodb://host[:port]/database"
-            raise InvalidInput(f"invalid MongoDB URI: {_one_line(exc)}; {expected}") from exc
+            # The URI is not echoed: it may carry a password (masked too should the driver ever quote it).
+            raise InvalidInput(f"invalid MongoDB URI: {_mask(_one_line(exc), uri)}; {expected}") from None
         try:
             store = cls(db)
         except BaseException:
@@ -163,15 +193,19 @@ class MongoStore:
         except ConnectionFailure as exc:
             raise BackendUnavailable(f"MongoDB store {self.database} is unavailable: {_one_line(exc)}") from exc
 
-    def insert(self, timer: Timer) -> Timer:
+    def insert(self, timer: Timer) -> tuple[Timer, bool]:
+        new = False
         with self._guard():
             # DuplicateKeyError: a concurrent insert of the same id won the race; return that one.
             with suppress(DuplicateKeyError):
-                self._timers.update_one({"timerId": timer.timer_id}, {"$setOnInsert": _doc(timer)}, upsert=True)
+                result = self._timers.update_one(
+                    {"timerId": timer.timer_id}, {"$setOnInsert": _doc(timer)}, upsert=True
+                )
+                new = result.upserted_id is not None  # None when the filter matched an existing timer
             doc = self._timers.find_one({"timerId": timer.timer_id})
         if doc is None:
             raise BackendUnavailable(f"MongoDB store {self.database} lost timer {timer.timer_id} just inserted")
-        return _timer(doc)
+        return _timer(doc), new
 
     def insert_many(self, timers: Sequence[Timer]) -> int:
         """How many of ``timers`` were new; the others are left as stored (first write wins).
@@ -258,6 +292,7 @@ class MongoStore:
             "$or": [
                 {"status": _SCHEDULED, "dueAt": {"$lte": utc(until)}},
                 {"status": _RUNNING, "leaseUntil": {"$lt": utc(now)}},
+                {"status": _RUNNING, "leaseUntil": None},  # no lease to wait out (null or missing)
             ]
         }
         with self._guard():
@@ -272,7 +307,17 @@ class MongoStore:
                 )
                 if doc is None:
                     break
-                claimed.append(_timer(doc))
+                timer, corruption = _decode(doc)
+                if corruption is None:
+                    claimed.append(timer)
+                    continue
+                # Failed by the same owner that holds it: a runner must never get it, now or after a
+                # restart. Should this process die in between, the lease lapses and the next claim does it.
+                self._timers.update_one(
+                    {"_id": doc["_id"], "status": _RUNNING, "leaseOwner": owner},
+                    {"$set": {"status": Status.FAILED.value, "lastError": timer.last_error, **_NO_LEASE}},
+                )
+                log.warning("timer %s marked Failed: %s", timer.timer_id, timer.last_error)
         return sorted(claimed, key=lambda t: (t.due_at, t.timer_id))
 
     def renew(self, owner: str, timer_ids: Sequence[str], lease_until: datetime) -> set[str]:
@@ -319,15 +364,19 @@ class MongoStore:
         return recorded
 
     def next_due(self) -> datetime | None:
+        # Only dates: null, numbers and strings sort before them, and a corrupt dueAt is never due.
+        query = {"status": _SCHEDULED, "dueAt": {"$type": "date"}}
         with self._guard():
-            doc = self._timers.find_one({"status": _SCHEDULED}, {"dueAt": True}, sort=[("dueAt", ASCENDING)])
+            doc = self._timers.find_one(query, {"dueAt": True}, sort=[("dueAt", ASCENDING)])
         return _instant(doc["dueAt"]) if doc is not None else None
 
     def counts(self) -> dict[Status, int]:
         with self._guard():
             rows = list(self._timers.aggregate([{"$group": {"_id": "$status", "n": {"$sum": 1}}}]))
-        found = {Status(r["_id"]): int(r["n"]) for r in rows}
-        return {s: found.get(s, 0) for s in Status}
+        counted = dict.fromkeys(Status, 0)
+        for row in rows:
+            counted[status_of(row["_id"])] += int(row["n"])  # a status no Timer has reads, and counts, as Failed
+        return counted
 
     def ping(self) -> None:
         with self._guard():

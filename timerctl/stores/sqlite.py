@@ -3,12 +3,18 @@
 Every write runs in ``BEGIN IMMEDIATE`` so concurrent processes serialise on SQLite's write lock
 instead of failing half-way; claims are a single ``UPDATE ... RETURNING`` so two runners can never
 take the same timer. Instants are stored as integer milliseconds since the epoch.
+
+The file holds webhook URLs and payloads, so timerctl creates it ``0600`` (SQLite gives its ``-wal`` and
+``-shm`` files the same mode) in folders it creates ``0700``. An existing file or folder keeps the mode
+its owner chose (``doctor`` warns when others can read it). Rows are decoded through the tolerant
+``rows.decode_row``: a corrupt row reads as a Failed timer and is never handed to a runner.
 """
 
 from __future__ import annotations
 
 import builtins
-import json
+import logging
+import os
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
@@ -19,6 +25,9 @@ from typing import Any
 
 from timerctl.model import BackendUnavailable, NotFound, Status, Timer, cancel, encode_payload, utc
 from timerctl.stores.base import Outcome
+from timerctl.stores.rows import decode_row, status_of
+
+log = logging.getLogger(__name__)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS timers (
@@ -81,22 +90,40 @@ def _row(timer: Timer) -> tuple[Any, ...]:
     )
 
 
+def _stored_instant(ms: Any) -> datetime:
+    """The instant of a stored column; TypeError/OverflowError for anything but integer milliseconds in range."""
+    if type(ms) is not int:
+        raise TypeError("not integer milliseconds")
+    return from_ms(ms)
+
+
+def _decode(row: sqlite3.Row | tuple[Any, ...]) -> tuple[Timer, str | None]:
+    """The Timer of a row and None, or a Failed Timer and what is corrupt in the row."""
+    return decode_row(tuple(row), _stored_instant)
+
+
 def _timer(row: sqlite3.Row | tuple[Any, ...]) -> Timer:
-    (tid, url, expiry, created, status, payload, attempts, fired, error, due, owner, lease) = tuple(row)
-    return Timer(
-        timer_id=tid,
-        webhook_url=url,
-        expiry_time=from_ms(expiry),
-        created_at=from_ms(created),
-        status=Status(status),
-        payload=json.loads(payload) if payload is not None else None,
-        attempts=attempts,
-        fired_at=from_ms(fired) if fired is not None else None,
-        last_error=error,
-        due_at=from_ms(due),
-        lease_owner=owner,
-        lease_until=from_ms(lease) if lease is not None else None,
-    )
+    """The Timer of a row; a corrupt row reads as Failed with the corruption in ``last_error``."""
+    return _decode(row)[0]
+
+
+def create_private(path: str) -> None:
+    """Create ``path``'s missing folders ``0700`` and the file itself ``0600``, before SQLite opens it.
+
+    SQLite would create the file with the umask's mode (usually world-readable) and its ``-wal``/``-shm``
+    with the file's. Only what this call creates is given a mode: an existing folder or file is left as
+    its owner set it. A concurrent creator winning a race is fine (FileExistsError is ignored).
+    """
+    target = Path(path)
+    missing = [folder for folder in (target.parent, *target.parent.parents) if not folder.exists()]
+    for folder in reversed(missing):
+        try:
+            os.mkdir(folder, 0o700)
+        except FileExistsError:
+            continue
+        os.chmod(folder, 0o700)  # the umask may have taken bits away; ours is exactly owner-only
+    with suppress(FileExistsError):
+        os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
 
 
 class SqliteStore:
@@ -105,8 +132,8 @@ class SqliteStore:
     def __init__(self, path: str, busy_timeout: float = 30.0) -> None:
         self.path = path
         try:
-            if path != ":memory:":
-                Path(path).parent.mkdir(parents=True, exist_ok=True)
+            if path != ":memory:" and not path.startswith("file:"):
+                create_private(path)
             self._db = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
@@ -142,11 +169,12 @@ class SqliteStore:
             except sqlite3.Error as exc:
                 raise BackendUnavailable(f"timer store {self.path} is unavailable: {exc}") from exc
 
-    def insert(self, timer: Timer) -> Timer:
+    def insert(self, timer: Timer) -> tuple[Timer, bool]:
         with self._tx() as db:
-            db.execute(f"INSERT OR IGNORE INTO timers ({_COLUMNS}) VALUES ({','.join('?' * 12)})", _row(timer))
+            cursor = db.execute(f"INSERT OR IGNORE INTO timers ({_COLUMNS}) VALUES ({','.join('?' * 12)})", _row(timer))
+            new = cursor.rowcount == 1  # 0 when the id was there: the write lock makes this exact
             row = db.execute(f"SELECT {_COLUMNS} FROM timers WHERE timer_id = ?", (timer.timer_id,)).fetchone()
-        return _timer(row)
+        return _timer(row), new
 
     def insert_many(self, timers: Sequence[Timer]) -> int:
         if not timers:
@@ -200,7 +228,8 @@ class SqliteStore:
     ) -> builtins.list[Timer]:
         if limit <= 0:
             return []
-        # Two index-served halves instead of one OR, which SQLite would answer with a full scan.
+        # Index-served parts instead of one OR, which SQLite would answer with a full scan. A Running
+        # timer without a lease (written so by hand or by another tool) has no lease to wait out.
         sql = f"""
             UPDATE timers SET status = 'Running', lease_owner = ?, lease_until_ms = ?
             WHERE timer_id IN (
@@ -208,13 +237,28 @@ class SqliteStore:
                     SELECT timer_id, due_ms FROM timers WHERE status = 'Scheduled' AND due_ms <= ?
                     UNION ALL
                     SELECT timer_id, due_ms FROM timers WHERE status = 'Running' AND lease_until_ms < ?
+                    UNION ALL
+                    SELECT timer_id, due_ms FROM timers WHERE status = 'Running' AND lease_until_ms IS NULL
                 ) ORDER BY due_ms LIMIT ?
             )
-            RETURNING {_COLUMNS}
+            RETURNING rowid, {_COLUMNS}
         """
+        claimed: builtins.list[Timer] = []
         with self._tx() as db:
             rows = db.execute(sql, (owner, to_ms(lease_until), to_ms(until), to_ms(now), limit)).fetchall()
-        return sorted((_timer(r) for r in rows), key=lambda t: (t.due_at, t.timer_id))
+            for rowid, *row in rows:
+                timer, corruption = _decode(row)
+                if corruption is None:
+                    claimed.append(timer)
+                    continue
+                # Failed in the same transaction: a runner must never get it, now or after a restart.
+                db.execute(
+                    "UPDATE timers SET status = 'Failed', last_error = ?, lease_owner = NULL, lease_until_ms = NULL "
+                    "WHERE rowid = ?",
+                    (timer.last_error, rowid),
+                )
+                log.warning("timer %s marked Failed: %s", timer.timer_id, timer.last_error)
+        return sorted(claimed, key=lambda t: (t.due_at, t.timer_id))
 
     def renew(self, owner: str, timer_ids: Sequence[str], lease_until: datetime) -> set[str]:
         held: set[str] = set()
@@ -265,13 +309,19 @@ class SqliteStore:
         return recorded
 
     def next_due(self) -> datetime | None:
+        # Integers sort before text and blobs in SQLite: a corrupt due_ms cannot hide a good one.
         rows = self._read("SELECT MIN(due_ms) FROM timers WHERE status = 'Scheduled'")
-        return from_ms(rows[0][0]) if rows and rows[0][0] is not None else None
+        try:
+            return _stored_instant(rows[0][0]) if rows and rows[0][0] is not None else None
+        except (TypeError, OverflowError):
+            return None  # only corrupt rows left: claim_due, which polls anyway, fails them when due
 
     def counts(self) -> dict[Status, int]:
         rows = self._read("SELECT status, COUNT(*) FROM timers GROUP BY status")
-        found = {Status(s): n for s, n in rows}
-        return {s: found.get(s, 0) for s in Status}
+        counted = dict.fromkeys(Status, 0)
+        for status, n in rows:
+            counted[status_of(status)] += n  # a status no Timer has reads, and counts, as Failed
+        return counted
 
     def ping(self) -> None:
         self._read("SELECT 1")
