@@ -3,7 +3,8 @@
     python bench/scale.py --count 1000000
 
 Reports the insert rate, the runner's RSS while it watches them, the due query (claim with nothing
-due, and the next-due lookup), and create/get latency (in-process service and whole CLI process).
+due), lease renewal (one owner's leases among a million rows), and create/get latency (in-process
+service and whole CLI process).
 """
 
 from __future__ import annotations
@@ -78,7 +79,19 @@ def main() -> None:
                 "value": timed(lambda: store.claim_due("bench", now, later, later, 500), 50),
             }
         )
-        rows.append({"what": "due query: next_due (ms)", "value": timed(store.next_due, 50)})
+        rows.append(
+            {
+                "what": "lease renewal: renew, owner holding none (ms)",
+                "value": timed(lambda: store.renew("bench", later), 50),
+            }
+        )
+        store.claim_due("holder", now, now + timedelta(hours=2), later, 500)
+        rows.append(
+            {
+                "what": "lease renewal: renew, owner holding 500 (ms)",
+                "value": timed(lambda: store.renew("holder", later), 50),
+            }
+        )
         store.close()
 
         settings = load_settings(env={}, db=db)
@@ -89,7 +102,7 @@ def main() -> None:
                     "what": "create, in-process (median ms)",
                     "value": timed(
                         lambda: ids.append(
-                            svc.create(TimerSpec("http://127.0.0.1:9/hook", delay=timedelta(hours=2))).timer_id
+                            svc.create(TimerSpec("http://127.0.0.1:9/hook", delay=timedelta(hours=2))).timer.timer_id
                         ),
                         200,
                     ),

@@ -16,7 +16,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from timerctl.redis_cache import redact_url
+from timerctl.redaction import redact_url
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379"
 #: The DB the tests own and flush; nothing else should live there.

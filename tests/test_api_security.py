@@ -62,7 +62,7 @@ def served(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> list[dict[str, An
     monkeypatch.setenv("TIMERCTL_DB", str(tmp_path / "timers.db"))
     calls: list[dict[str, Any]] = []
     monkeypatch.setattr("timerctl.cli.serve._start", lambda *args: StopFlag())
-    monkeypatch.setattr("timerctl.api.serve", lambda settings, stop, **kw: calls.append(kw) or 0)
+    monkeypatch.setattr("timerctl.daemons.api.serve", lambda settings, stop, **kw: calls.append(kw) or 0)
     monkeypatch.setattr("timerctl.daemons.runner.serve", lambda settings, stop: 0)
     return calls
 

@@ -24,8 +24,7 @@ from typer.testing import CliRunner
 from timerctl import __version__
 from timerctl.cli import app, main
 from timerctl.cli import timers as timers_cli
-from timerctl.model import MAX_PAYLOAD_BYTES, MAX_URL_LENGTH, Status, Timer
-from timerctl.stores.base import Outcome
+from timerctl.model import MAX_PAYLOAD_BYTES, MAX_URL_LENGTH, Outcome, Status, Timer
 from timerctl.stores.sqlite import SqliteStore
 
 URL = "https://hooks.example.com/fire"
@@ -81,7 +80,7 @@ class Cli:
     def stored(self) -> list[Timer]:
         store = SqliteStore(str(self.db))
         try:
-            return store.list(limit=10_000)
+            return store.find(limit=10_000)
         finally:
             store.close()
 

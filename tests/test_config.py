@@ -32,8 +32,8 @@ def write_config(tmp_path: Path, text: str, name: str = "custom.toml") -> str:
 def test_defaults(env: dict[str, str]) -> None:
     settings = load_settings(env)
     assert settings == Settings()
-    assert settings.horizon == timedelta(days=365)
-    assert settings.retry == RetryPolicy(8, 1.0, 300.0)
+    assert settings.max_horizon == timedelta(days=365)
+    assert settings.retry == RetryPolicy(8, timedelta(seconds=1), timedelta(minutes=5))
     assert settings.describe() == {
         "store": f"sqlite ({settings.db_path})",
         "queue": "direct",
@@ -44,7 +44,7 @@ def test_defaults(env: dict[str, str]) -> None:
 @pytest.mark.parametrize(
     ("file_value", "env_value", "flag_value", "expected"),
     [
-        pytest.param(None, None, None, 30.0, id="default"),
+        pytest.param(None, None, None, 8.0, id="default"),
         pytest.param("11s", None, None, 11.0, id="file-over-default"),
         pytest.param("11s", "22s", None, 22.0, id="env-over-file"),
         pytest.param("11s", "22s", 33.0, 33.0, id="flag-over-env"),
@@ -66,7 +66,7 @@ def test_precedence(
     if env_value is not None:
         env["TIMERCTL_LEASE"] = env_value
     settings = load_settings(env, lease=flag_value)
-    assert settings.lease == expected
+    assert settings.lease == timedelta(seconds=expected)
 
 
 def test_xdg_config_file_is_read_when_no_config_variable(tmp_path: Path, env: dict[str, str]) -> None:
@@ -88,11 +88,11 @@ def test_config_variable_beats_xdg_file(tmp_path: Path, env: dict[str, str]) -> 
 @pytest.mark.parametrize(
     ("name", "text", "expected"),
     [
-        pytest.param("max_horizon", "90s", 90.0, id="duration-seconds"),
-        pytest.param("max_horizon", "2d", 172_800.0, id="duration-days"),
-        pytest.param("lease", "1h30m", 5400.0, id="duration-compound"),
-        pytest.param("poll_interval", "0.25", 0.25, id="bare-fractional-seconds"),
-        pytest.param("retry_first_delay", "500ms", 0.5, id="milliseconds"),
+        pytest.param("max_horizon", "90s", timedelta(seconds=90), id="duration-seconds"),
+        pytest.param("max_horizon", "2d", timedelta(days=2), id="duration-days"),
+        pytest.param("lease", "1h30m", timedelta(hours=1, minutes=30), id="duration-compound"),
+        pytest.param("poll_interval", "0.25", timedelta(seconds=0.25), id="bare-fractional-seconds"),
+        pytest.param("retry_first_delay", "500ms", timedelta(milliseconds=500), id="milliseconds"),
         pytest.param("max_attempts", "3", 3, id="integer"),
         pytest.param("claim_batch", " 10 ", 10, id="padded-integer"),
         pytest.param("block_private_targets", "yes", True, id="bool-yes"),
@@ -109,9 +109,9 @@ def test_env_values_parsed(env: dict[str, str], name: str, text: str, expected: 
 @pytest.mark.parametrize(
     ("toml", "name", "expected"),
     [
-        pytest.param('max_horizon = "90s"', "max_horizon", 90.0, id="duration-string"),
-        pytest.param("max_horizon = 90", "max_horizon", 90.0, id="toml-integer-seconds"),
-        pytest.param("lease = 1.5", "lease", 1.5, id="toml-float-seconds"),
+        pytest.param('max_horizon = "90s"', "max_horizon", timedelta(seconds=90), id="duration-string"),
+        pytest.param("max_horizon = 90", "max_horizon", timedelta(seconds=90), id="toml-integer-seconds"),
+        pytest.param("lease = 1.5", "lease", timedelta(seconds=1.5), id="toml-float-seconds"),
         pytest.param("max_attempts = 4", "max_attempts", 4, id="toml-integer"),
         pytest.param("block_private_targets = true", "block_private_targets", True, id="toml-bool"),
         pytest.param('redis_url = "redis://localhost:6379/0"', "redis_url", "redis://localhost:6379/0", id="string"),
@@ -205,8 +205,8 @@ def test_derived_properties(env: dict[str, str]) -> None:
         }
     )
     settings = load_settings(env)
-    assert settings.horizon == timedelta(days=1)
-    assert settings.retry == RetryPolicy(max_attempts=5, first_delay=2.0, max_delay=60.0)
+    assert settings.max_horizon == timedelta(days=1)
+    assert settings.retry == RetryPolicy(5, timedelta(seconds=2), timedelta(minutes=1))
     assert settings.db_path == "/data/t.db"
     assert settings.describe() == {"store": "sqlite (/data/t.db)", "queue": "kafka (k:9092, topic t)", "cache": "redis"}
 

@@ -342,7 +342,7 @@ def test_process_killed_mid_ingest_restarts_without_loss_and_stops_on_sigterm(
     store = SqliteStore(str(db))
     try:
         assert store.counts()[Status.SCHEDULED] == 5000
-        assert {t.timer_id for t in store.list(limit=10_000)} == {f"k-{i}" for i in range(5000)}
+        assert {t.timer_id for t in store.find(limit=10_000)} == {f"k-{i}" for i in range(5000)}
     finally:
         store.close()
     wait_fully_committed(settings.kafka_bootstrap, settings.topic, group, 5000)
@@ -376,7 +376,7 @@ def test_sigterm_mid_ingest_finishes_the_batch_commits_and_exits_0(
         assert [systemd.recv(64), systemd.recv(64)] == [b"READY=1", b"STOPPING=1"]
     store = SqliteStore(str(db))
     try:
-        stored = {t.timer_id for t in store.list(limit=10_000)}
+        stored = {t.timer_id for t in store.find(limit=10_000)}
     finally:
         store.close()
     # Exactly what was stored was committed: nothing stored is left to replay, nothing committed is missing.

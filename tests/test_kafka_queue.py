@@ -131,7 +131,7 @@ def test_submit_publishes_keyed_records_acknowledged_by_all(kafka_bootstrap: str
     queue = KafkaQueue(kafka_bootstrap, kafka_topic)
     timers = [make_timer(f"sub-{i}", payload={"i": i}) for i in range(50)]
     try:
-        assert queue.submit(timers) == timers
+        queue.submit(timers)
         queue.submit_cancel("sub-7")
         assert PRODUCER_CONFIG["acks"] == "all"  # every in-sync replica
     finally:
@@ -152,7 +152,7 @@ def test_submit_publishes_keyed_records_acknowledged_by_all(kafka_bootstrap: str
 
 def test_submit_of_nothing_does_not_connect() -> None:
     queue = KafkaQueue(f"127.0.0.1:{free_port()}", "timers")
-    assert queue.submit([]) == []
+    queue.submit([])
     assert queue._producer is None
 
 

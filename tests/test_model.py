@@ -180,11 +180,11 @@ def test_not_found_message() -> None:
 )
 @pytest.mark.parametrize("rand", [0.0, 0.25, 0.5, 0.999999])
 def test_retry_delay_is_jittered_within_half_to_full_base(attempts: int, base: float, rand: float) -> None:
-    policy = RetryPolicy(max_attempts=10, first_delay=2.0, max_delay=50.0)
+    policy = RetryPolicy(max_attempts=10, first_delay=timedelta(seconds=2), max_delay=timedelta(seconds=50))
     delay = policy.next_delay(attempts, rand)
     assert delay is not None
-    assert base / 2 <= delay <= base
-    assert delay == pytest.approx(base / 2 + base / 2 * rand)
+    assert base / 2 <= delay.total_seconds() <= base
+    assert delay.total_seconds() == pytest.approx(base / 2 + base / 2 * rand)
 
 
 @pytest.mark.parametrize(
@@ -196,7 +196,8 @@ def test_retry_delay_is_jittered_within_half_to_full_base(attempts: int, base: f
     ],
 )
 def test_retry_gives_up_after_max_attempts(attempts: int, exhausted: bool) -> None:
-    delay = RetryPolicy(max_attempts=3, first_delay=1.0, max_delay=10.0).next_delay(attempts, 0.5)
+    policy = RetryPolicy(max_attempts=3, first_delay=timedelta(seconds=1), max_delay=timedelta(seconds=10))
+    delay = policy.next_delay(attempts, 0.5)
     assert (delay is None) is exhausted
 
 

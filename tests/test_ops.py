@@ -239,6 +239,31 @@ def test_a_unit_per_role_and_no_daemons_readme() -> None:
     assert not (ROOT / "daemons" / "README.md").exists()
 
 
+def readme_unit_table() -> dict[str, dict[str, str]]:
+    """The README's table of the shipped units: unit file name -> {directive: value, an en dash when unset}."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    lines = [line.strip() for line in text.splitlines() if line.strip().startswith("| `timerctl-")]
+    header = next(line.strip() for line in text.splitlines() if line.strip().startswith("| unit | `Type=`"))
+    directives = [cell.strip(" `=") for cell in header.strip("|").split("|")[1:]]
+    table: dict[str, dict[str, str]] = {}
+    for line in lines:
+        name, *values = (cell.strip(" `") for cell in line.strip("|").split("|"))
+        table[name] = dict(zip(directives, values, strict=True))
+    return table
+
+
+def test_the_readme_describes_the_units_as_shipped() -> None:
+    """The README once said the API was Type=exec and the consumer sent no watchdog pings, long after both
+    units were Type=notify with WatchdogSec=: its table is now checked against the files."""
+    table = readme_unit_table()
+    assert sorted(table) == [p.name for p in UNITS]
+    for path in UNITS:
+        section = unit(path)["Service"]
+        for directive, shown in table[path.name].items():
+            actual = section.get(directive, ["\u2013"])[-1]  # the README shows an unset directive as an en dash
+            assert shown == actual, f"README says {path.name} {directive}={shown}, the unit has {actual}"
+
+
 needs_systemd_analyze = pytest.mark.skipif(
     shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed (package systemd)"
 )
@@ -294,7 +319,7 @@ def test_unit_contract(role: str) -> None:
     assert single["StateDirectory"] == "timerctl"
     assert "TIMERCTL_DB=/var/lib/timerctl/timers.db" in svc["Environment"]
     assert single["KillSignal"] == "SIGTERM"
-    assert parse_duration(single["TimeoutStopSec"]).total_seconds() > Settings().drain_timeout + 30
+    assert parse_duration(single["TimeoutStopSec"]).total_seconds() > Settings().drain_timeout.total_seconds() + 30
     for key, value in HARDENING.items():
         assert single.get(key) == value, f"{key}={single.get(key)!r} in timerctl-{role}.service, want {value!r}"
     if role in ("runner", "consumer"):

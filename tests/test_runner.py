@@ -17,11 +17,12 @@ import pytest
 
 from tests.fixtures_http import Receiver, wait_until
 from timerctl import __version__
+from timerctl.clock import ManualClock
 from timerctl.config import Settings, load_settings
 from timerctl.daemons.lifecycle import StopFlag
 from timerctl.daemons.runner import Runner
 from timerctl.delivery import Attempt, Deliverer
-from timerctl.model import Status, Timer, parse_instant, utc
+from timerctl.model import BackendUnavailable, Status, Timer, parse_instant, utc
 from timerctl.stores.sqlite import SqliteStore
 
 #: Small values so a test takes a second or two; every test may override some of them.
@@ -179,7 +180,7 @@ def test_a_500_is_retried_with_backoff_then_finishes(tmp_path: Path, store: Sqli
     assert [first.json["attempt"], second.json["attempt"]] == [1, 2]
     assert {first.headers["idempotency-key"], second.headers["idempotency-key"]} == {"t-flaky"}
     assert first.json["expiryTime"] == second.json["expiryTime"]
-    # Full jitter over half the backoff: the retry never comes sooner than first_delay / 2.
+    # Jitter over half the backoff only: the retry never comes sooner than first_delay / 2.
     gap = (parse_instant(second.json["firedAt"]) - parse_instant(first.json["firedAt"])).total_seconds()
     assert gap >= first_delay / 2 - 0.002
     assert second.received_at - first.received_at >= first_delay / 2 - 0.01
@@ -386,3 +387,69 @@ def test_no_timer_is_posted_before_its_instant(tmp_path: Path, store: SqliteStor
         wait_until(lambda: all_in(store, ids, Status.FINISHED), timeout=20, message="all 300 finished")
     early = [(due, at) for due, at in deliverer.when if at < due]
     assert len(deliverer.when) == 300 and not early, early[:5]
+
+
+def test_an_injected_clock_decides_what_is_due_and_what_firedat_says(
+    tmp_path: Path, store: SqliteStore, receiver: Receiver
+) -> None:
+    """``run(burst=True)`` with a ManualClock fires exactly what is due at the clock's now: no real waiting."""
+    start = now().replace(microsecond=0) + timedelta(days=1)  # far from the wall clock: only the injected one counts
+    clock = ManualClock(start)
+    store.insert(make_timer("t-at-60", receiver.url(), start + timedelta(seconds=60)))
+    store.insert(make_timer("t-at-90", receiver.url(), start + timedelta(seconds=90)))
+
+    def burst() -> None:
+        runner = Runner(settings_for(tmp_path), SqliteStore(str(tmp_path / "timers.db")), clock=clock)
+        try:
+            assert runner.run(burst=True) == 0
+        finally:
+            runner.store.close()
+
+    burst()
+    assert receiver.requests == []
+    assert statuses(store, ["t-at-60", "t-at-90"]) == {"t-at-60": Status.SCHEDULED, "t-at-90": Status.SCHEDULED}
+
+    clock.advance(timedelta(seconds=60))
+    burst()
+    (got,) = receiver.wait_for(1, timeout=5)
+    assert got.json["timerId"] == "t-at-60"
+    assert parse_instant(got.json["firedAt"]) == start + timedelta(seconds=60)
+    done = store.get("t-at-60")
+    assert done is not None and done.status is Status.FINISHED and done.fired_at == start + timedelta(seconds=60)
+    assert statuses(store, ["t-at-90"]) == {"t-at-90": Status.SCHEDULED}
+
+
+class LostAnswerStore(SqliteStore):
+    """A store whose first claim is written but whose answer is lost, as when the connection breaks."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(path)
+        self.lost: list[str] = []
+
+    def claim_due(self, owner: str, now: datetime, until: datetime, lease_until: datetime, limit: int) -> list[Timer]:
+        claimed = super().claim_due(owner, now, until, lease_until, limit)
+        if claimed and not self.lost:
+            self.lost = [t.timer_id for t in claimed]
+            raise BackendUnavailable("connection reset after the claim was written")
+        return claimed
+
+
+def test_a_claim_whose_answer_was_lost_is_handed_back_and_fired(
+    tmp_path: Path, store: SqliteStore, receiver: Receiver
+) -> None:
+    """Renewal names every lease the runner holds in the store; one it never heard of is released, not kept."""
+    store.insert(make_timer("t-orphan", receiver.url(), now()))
+    settings = settings_for(tmp_path, lease=4)
+    runner = Runner(settings, LostAnswerStore(settings.db_path), deliverer=CountingDeliverer(settings))
+    stop = StopFlag()
+    thread = threading.Thread(target=runner.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        # Well before the 4 s lease would lapse: the first renewal (after 1 s) hands it back.
+        done = wait_until(lambda: (t := store.get("t-orphan")) and t.status is Status.FINISHED and t, timeout=3.5)
+    finally:
+        stop.request()
+        thread.join(timeout=15)
+        runner.store.close()
+    assert isinstance(runner.store, LostAnswerStore) and runner.store.lost == ["t-orphan"]
+    assert done.attempts == 1 and len(receiver.requests) == 1

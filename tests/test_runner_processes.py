@@ -208,8 +208,8 @@ def test_a_killed_runners_timers_are_fired_by_another_once_the_leases_expire(
     killed_at = time.time()
     first.proc.kill()
     first.proc.wait(timeout=5)
-    left_running = {t.timer_id for t in store.list(status=Status.RUNNING, limit=1000)}
-    unfinished = ids - {t.timer_id for t in store.list(status=Status.FINISHED, limit=1000)}
+    left_running = {t.timer_id for t in store.find(status=Status.RUNNING, limit=1000)}
+    unfinished = ids - {t.timer_id for t in store.find(status=Status.FINISHED, limit=1000)}
     assert left_running, "the kill should leave claimed timers behind"
 
     second = spawn(env)
@@ -226,6 +226,36 @@ def test_a_killed_runners_timers_are_fired_by_another_once_the_leases_expire(
     assert duplicates <= in_flight_at_kill
     assert max(received.values()) <= 2
     assert second.fired() == len(unfinished)
+
+
+def test_with_default_settings_a_killed_runners_claims_fire_within_10s_of_their_instant(
+    tmp_path: Path, receiver: Receiver, store: SqliteStore, spawn: Callable[[dict[str, str]], RunnerProcess]
+) -> None:
+    """Issue 12's bound with nothing tuned: the default lease (8 s, renewed every 2 s) lets another runner
+    fire a killed runner's claimed timers within 10 s of their instant; it had claimed them before any
+    was due, so nothing is received twice."""
+    roomy(receiver)
+    defaults = {k: v for k, v in process_env(tmp_path).items() if not k.startswith("TIMERCTL_")}
+    (tmp_path / "empty.toml").touch()  # no config file of the machine's either
+    env = {**defaults, "TIMERCTL_DB": str(tmp_path / "timers.db"), "TIMERCTL_CONFIG": str(tmp_path / "empty.toml")}
+    due = now() + timedelta(seconds=2.5)
+    timers = [
+        make_timer(f"d-{i:02d}", receiver.url("/takeover"), due + timedelta(milliseconds=10 * i)) for i in range(40)
+    ]
+    ids = sorted(t.timer_id for t in timers)
+    store.insert_many(timers)
+    first = spawn(env)
+    # Claimed within the default 2 s lookahead, before any is due.
+    wait_until(lambda: all_in(store, ids, Status.RUNNING), timeout=10, message="the first runner's claims")
+    first.proc.kill()
+    first.proc.wait(timeout=5)
+    assert receiver.requests == [] and now() < due, "killed before anything was due"
+
+    spawn(env)
+    got = receiver.wait_for(len(ids), timeout=20)
+    late = {r.json["timerId"]: r.received_at - parse_instant(r.json["expiryTime"]).timestamp() for r in got}
+    assert sorted(late) == ids and len(got) == len(ids), "each timer received exactly once"
+    assert min(late.values()) >= 0 and max(late.values()) <= 10.0, max(late.values())
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])

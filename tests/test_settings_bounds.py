@@ -12,6 +12,7 @@ import subprocess
 import sys
 import typing
 from dataclasses import fields
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -84,14 +85,16 @@ def test_out_of_bounds_environment_values_are_refused(
     [
         pytest.param("TIMERCTL_CLAIM_BATCH", "1", "claim_batch", 1, id="claim-batch-1"),
         pytest.param("TIMERCTL_CLAIM_BATCH", "100000", "claim_batch", 100_000, id="claim-batch-max"),
-        pytest.param("TIMERCTL_LEASE", "1s", "lease", 1.0, id="lease-1s"),
-        pytest.param("TIMERCTL_LEASE", "1d", "lease", 86_400.0, id="lease-1d"),
-        pytest.param("TIMERCTL_POLL_INTERVAL", "10ms", "poll_interval", 0.01, id="poll-10ms"),
-        pytest.param("TIMERCTL_LOOKAHEAD", "0", "lookahead", 0.0, id="lookahead-0"),
-        pytest.param("TIMERCTL_DRAIN_TIMEOUT", "0s", "drain_timeout", 0.0, id="drain-0"),
-        pytest.param("TIMERCTL_CACHE_GRACE", "0", "cache_grace", 0.0, id="grace-0"),
-        pytest.param("TIMERCTL_REQUEST_TIMEOUT", "1ms", "request_timeout", 0.001, id="request-timeout-1ms"),
-        pytest.param("TIMERCTL_MAX_HORIZON", "36500d", "max_horizon", 36500 * 86400.0, id="horizon-100y"),
+        pytest.param("TIMERCTL_LEASE", "1s", "lease", timedelta(seconds=1), id="lease-1s"),
+        pytest.param("TIMERCTL_LEASE", "1d", "lease", timedelta(days=1), id="lease-1d"),
+        pytest.param("TIMERCTL_POLL_INTERVAL", "10ms", "poll_interval", timedelta(milliseconds=10), id="poll-10ms"),
+        pytest.param("TIMERCTL_LOOKAHEAD", "0", "lookahead", timedelta(0), id="lookahead-0"),
+        pytest.param("TIMERCTL_DRAIN_TIMEOUT", "0s", "drain_timeout", timedelta(0), id="drain-0"),
+        pytest.param("TIMERCTL_CACHE_GRACE", "0", "cache_grace", timedelta(0), id="grace-0"),
+        pytest.param(
+            "TIMERCTL_REQUEST_TIMEOUT", "1ms", "request_timeout", timedelta(milliseconds=1), id="request-timeout-1ms"
+        ),
+        pytest.param("TIMERCTL_MAX_HORIZON", "36500d", "max_horizon", timedelta(days=36500), id="horizon-100y"),
         pytest.param("TIMERCTL_TOPIC", "orders.v2_x-y", "topic", "orders.v2_x-y", id="topic-alphabet"),
     ],
 )
@@ -126,8 +129,10 @@ def test_flags_go_through_the_same_validation(env: dict[str, str], flags: dict[s
 def test_flags_keep_their_precedence_and_type(env: dict[str, str]) -> None:
     env["TIMERCTL_LEASE"] = "20s"
     settings = load_settings(env, lease=45, db="/tmp/x.db", block_private_targets=True, claim_batch=None)
-    assert (settings.lease, settings.db, settings.block_private_targets) == (45.0, "/tmp/x.db", True)
-    assert type(settings.lease) is float and settings.claim_batch == Settings().claim_batch
+    assert settings.lease == timedelta(seconds=45)
+    assert (settings.db, settings.block_private_targets) == ("/tmp/x.db", True)
+    assert settings.claim_batch == Settings().claim_batch
+    assert load_settings(env, lease=timedelta(minutes=2)).lease == timedelta(minutes=2)
 
 
 def test_first_retry_delay_may_not_exceed_the_largest(env: dict[str, str]) -> None:
@@ -137,7 +142,7 @@ def test_first_retry_delay_may_not_exceed_the_largest(env: dict[str, str]) -> No
         "expected at most TIMERCTL_RETRY_MAX_DELAY"
     )
     env["TIMERCTL_RETRY_MAX_DELAY"] = "10m"
-    assert load_settings(env).retry_first_delay == 600.0
+    assert load_settings(env).retry_first_delay == timedelta(minutes=10)
 
 
 # --- the table -------------------------------------------------------------------------------------
@@ -145,7 +150,7 @@ def test_first_retry_delay_may_not_exceed_the_largest(env: dict[str, str]) -> No
 
 def test_every_field_has_a_row_of_its_type_whose_default_is_accepted() -> None:
     hints = typing.get_type_hints(Settings)
-    kinds = {"text": str, "duration": float, "integer": int, "flag": bool}
+    kinds = {"text": str, "duration": timedelta, "integer": int, "flag": bool}
     assert list(config.OPTIONS) == [f.name for f in fields(Settings)]
     for name, option in config.OPTIONS.items():
         assert option.meaning and "\n" not in option.meaning and not option.meaning.endswith("."), name

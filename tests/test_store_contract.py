@@ -15,6 +15,8 @@ import sys
 import threading
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -24,11 +26,13 @@ import pymongo
 import pytest
 from pymongo.errors import NetworkTimeout, OperationFailure, ServerSelectionTimeoutError
 
-from timerctl.model import BackendUnavailable, Conflict, InvalidInput, NotFound, Status, Timer
+from timerctl import model
+from timerctl.model import BackendUnavailable, Conflict, InvalidInput, NotFound, Outcome, Status, Timer
+from timerctl.stores import base
 from timerctl.stores import mongo as mongo_module
-from timerctl.stores.base import Outcome, Store
+from timerctl.stores.base import Store
 from timerctl.stores.mongo import MongoStore
-from timerctl.stores.sqlite import SqliteStore
+from timerctl.stores.sqlite import _RENEW, SqliteStore
 
 T0 = datetime(2030, 1, 1, tzinfo=UTC)
 SEC = timedelta(seconds=1)
@@ -61,24 +65,38 @@ def _mongo_uri() -> str:
     return uri
 
 
+@contextmanager
+def _mongo_store(kind: str) -> Iterator[MongoStore]:
+    """A MongoStore in a database of its own: on mongomock, or on the real server (dropped after)."""
+    name = f"timerctl_test_{uuid.uuid4().hex[:12]}"
+    if kind == "mongomock":
+        yield MongoStore(mongomock.MongoClient(), name)
+        return
+    client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(
+        _mongo_uri(), serverSelectionTimeoutMS=5000, tz_aware=True
+    )
+    try:
+        yield MongoStore(client, name)
+    finally:
+        client.drop_database(name)
+        client.close()
+
+
 @pytest.fixture(params=["sqlite", "mongomock", "mongo"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
     if request.param == "sqlite":
         sqlite = SqliteStore(str(tmp_path / "timers.db"))
         yield sqlite
         sqlite.close()
-    elif request.param == "mongomock":
-        yield MongoStore(mongomock.MongoClient(), f"timerctl_test_{uuid.uuid4().hex[:12]}")
-    else:
-        client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(
-            _mongo_uri(), serverSelectionTimeoutMS=5000, tz_aware=True
-        )
-        name = f"timerctl_test_{uuid.uuid4().hex[:12]}"
-        try:
-            yield MongoStore(client, name)
-        finally:
-            client.drop_database(name)
-            client.close()
+        return
+    with _mongo_store(request.param) as mongo:
+        yield mongo
+
+
+@pytest.fixture(params=["mongomock", "mongo"])
+def mongo_store(request: pytest.FixtureRequest) -> Iterator[MongoStore]:
+    with _mongo_store(request.param) as mongo:
+        yield mongo
 
 
 # --- insert / get ---------------------------------------------------------------------------------
@@ -124,7 +142,7 @@ def test_insert_many_counts_only_new_timers(store: Store) -> None:
     newer_a = Timer("a", "https://other.example.com/a", T0 + SEC, T0)
     assert store.insert_many([newer_a, make("b"), make("c")]) == 2
     assert store.get("a") == original
-    assert ids(store.list()) == ["a", "b", "c"]
+    assert ids(store.find()) == ["a", "b", "c"]
     assert store.insert_many([make("a"), make("b")]) == 0
     assert store.insert_many([]) == 0
 
@@ -200,10 +218,10 @@ def test_payload_key_order_is_kept(store: Store) -> None:
     assert list(got.payload) == ["z", "a", "m"]
 
 
-# --- list ------------------------------------------------------------------------------------------
+# --- find ------------------------------------------------------------------------------------------
 
 
-def _populate_for_list(store: Store) -> None:
+def _populate_for_find(store: Store) -> None:
     store.insert(make("c", T0 + 3 * SEC))
     store.insert(make("tie-b", T0 + 2 * SEC))
     store.insert(make("a", T0 + SEC))
@@ -212,33 +230,34 @@ def _populate_for_list(store: Store) -> None:
     store.cancel("c")
 
 
-def test_list_orders_by_expiry_then_id(store: Store) -> None:
-    _populate_for_list(store)
-    assert ids(store.list()) == ["a", "tie-a", "tie-b", "c", "late"]
+def test_find_orders_by_expiry_then_id(store: Store) -> None:
+    _populate_for_find(store)
+    assert ids(store.find()) == ["a", "tie-a", "tie-b", "c", "late"]
 
 
-def test_list_filters_by_status(store: Store) -> None:
-    _populate_for_list(store)
-    assert ids(store.list(status=Status.SCHEDULED)) == ["a", "tie-a", "tie-b"]
-    assert ids(store.list(status=Status.CANCELLED)) == ["c"]
-    assert ids(store.list(status=Status.FINISHED)) == ["late"]
-    assert store.list(status=Status.FAILED) == []
+def test_find_filters_by_status(store: Store) -> None:
+    _populate_for_find(store)
+    assert ids(store.find(status=Status.SCHEDULED)) == ["a", "tie-a", "tie-b"]
+    assert ids(store.find(status=Status.CANCELLED)) == ["c"]
+    assert ids(store.find(status=Status.FINISHED)) == ["late"]
+    assert store.find(status=Status.FAILED) == []
 
 
-def test_list_respects_limit(store: Store) -> None:
-    _populate_for_list(store)
-    assert ids(store.list(limit=2)) == ["a", "tie-a"]
-    assert ids(store.list(limit=1)) == ["a"]
-    assert store.list(limit=0) == []
+def test_find_respects_limit(store: Store) -> None:
+    _populate_for_find(store)
+    assert ids(store.find(limit=2)) == ["a", "tie-a"]
+    assert ids(store.find(limit=1)) == ["a"]
+    assert store.find(limit=0) == []
+    assert store.find(limit=-1) == [], "not read as 'no limit'"
 
 
-def test_list_due_before_is_inclusive_and_on_expiry(store: Store) -> None:
-    _populate_for_list(store)
-    # A retry moves due_at, not the expiry the list is about.
+def test_find_due_before_is_inclusive_and_on_expiry(store: Store) -> None:
+    _populate_for_find(store)
+    # A retry moves due_at, not the expiry find is about.
     store.insert(make("retrying", T0 + SEC, due_at=T0 + timedelta(days=1)))
-    assert ids(store.list(due_before=T0 + 2 * SEC)) == ["a", "retrying", "tie-a", "tie-b"]
-    assert ids(store.list(due_before=T0 + 2 * SEC - MS)) == ["a", "retrying"]
-    assert ids(store.list(status=Status.SCHEDULED, due_before=T0 + 3 * SEC, limit=2)) == ["a", "retrying"]
+    assert ids(store.find(due_before=T0 + 2 * SEC)) == ["a", "retrying", "tie-a", "tie-b"]
+    assert ids(store.find(due_before=T0 + 2 * SEC - MS)) == ["a", "retrying"]
+    assert ids(store.find(status=Status.SCHEDULED, due_before=T0 + 3 * SEC, limit=2)) == ["a", "retrying"]
 
 
 # --- cancel ----------------------------------------------------------------------------------------
@@ -289,6 +308,113 @@ def test_cancel_of_a_timer_past_scheduled_conflicts_naming_its_status(store: Sto
     assert got is not None and got.status is status
 
 
+# --- modify: read, apply a rule of the model, compare-and-set -----------------------------------------
+
+
+def bump(timer: Timer) -> Timer:
+    """A stand-in rule of the model: one more attempt."""
+    return replace(timer, attempts=timer.attempts + 1)
+
+
+def test_modify_stores_what_the_change_returns(store: Store) -> None:
+    store.insert(make("a"))
+    moved = store.modify("a", lambda t: replace(t, webhook_url="https://b.example.com/", payload=[1], due_at=T0 + SEC))
+    assert moved == replace(make("a"), webhook_url="https://b.example.com/", payload=[1], due_at=T0 + SEC)
+    assert store.get("a") == moved
+    assert store.modify("a", lambda t: t) == moved, "a change that changes nothing is the timer as stored"
+
+
+def test_modify_of_a_missing_timer_is_not_found_and_stores_nothing(store: Store) -> None:
+    with pytest.raises(NotFound, match="nope"):
+        store.modify("nope", bump)
+    assert store.get("nope") is None
+
+
+def test_modify_refuses_a_fallback_or_a_change_of_another_id(store: Store) -> None:
+    store.insert(make("a"))
+    with pytest.raises(ValueError, match="fallback is timer b, not a"):
+        store.modify("a", bump, fallback=make("b"))
+    with pytest.raises(ValueError, match="rename timer a to b"):
+        store.modify("a", lambda t: replace(t, timer_id="b"))
+    assert store.get("a") == make("a") and store.get("b") is None
+
+
+def test_modify_retries_a_lost_race_from_what_the_winner_left(store: Store) -> None:
+    store.insert(make("a"))
+    seen: list[int] = []
+
+    def bump_while_another_writer_bumps(timer: Timer) -> Timer:
+        seen.append(timer.attempts)
+        if len(seen) == 1:
+            store.modify("a", bump)  # lands between this modify's read and its write
+        return bump(timer)
+
+    assert store.modify("a", bump_while_another_writer_bumps).attempts == 2
+    assert seen == [0, 1], "applied again to the winner's state, not written over it"
+    got = store.get("a")
+    assert got is not None and got.attempts == 2
+
+
+def test_a_cancel_that_loses_the_race_to_a_claim_conflicts_and_leaves_the_claim(store: Store) -> None:
+    store.insert(make("a"))
+    claims: list[list[Timer]] = []
+
+    def cancel_while_a_runner_claims(timer: Timer) -> Timer:
+        if not claims:
+            claims.append(store.claim_due("r1", T0, T0, T0 + 30 * SEC, 10))
+        return model.cancel(timer)
+
+    with pytest.raises(Conflict, match="timer a is Running"):
+        store.modify("a", cancel_while_a_runner_claims)
+    got = store.get("a")
+    assert got is not None and (got.status, got.lease_owner) == (Status.RUNNING, "r1")
+
+
+def test_modify_keeps_a_lease_renewed_meanwhile(store: Store) -> None:
+    """The lease is part of what the swap compares: writing the old one back would shorten it."""
+    store.insert(make("a"))
+    store.claim_due("r1", T0, T0, T0 + 30 * SEC, 10)
+    renewed: list[set[str]] = []
+
+    def note_while_the_runner_renews(timer: Timer) -> Timer:
+        if not renewed:
+            renewed.append(store.renew("r1", T0 + 90 * SEC))
+        return replace(timer, last_error="noted")
+
+    store.modify("a", note_while_the_runner_renews)
+    got = store.get("a")
+    assert got is not None and (got.lease_until, got.last_error) == (T0 + 90 * SEC, "noted")
+
+
+def test_a_tombstone_that_loses_the_race_to_its_create_cancels_the_create(store: Store) -> None:
+    queued, consumed = make("q", payload={"from": "cache"}), make("q", payload={"from": "consumer"})
+
+    def cancel_while_the_consumer_stores_it(timer: Timer) -> Timer:
+        if store.get("q") is None:
+            store.insert(consumed)  # between the read that found nothing and the tombstone's insert
+        return model.cancel(timer)
+
+    done = store.modify("q", cancel_while_the_consumer_stores_it, fallback=queued)
+    assert done == model.cancel(consumed)
+    assert store.get("q") == done
+
+
+def test_modify_gives_up_on_a_timer_that_never_stops_changing(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(base, "MAX_RACES", 3)
+    store.insert(make("a"))
+    tries: list[Timer] = []
+
+    def always_beaten(timer: Timer) -> Timer:
+        tries.append(timer)
+        store.modify("a", bump)
+        return bump(timer)
+
+    with pytest.raises(Conflict, match="timer a changed 3 times while being modified; try again"):
+        store.modify("a", always_beaten)
+    got = store.get("a")
+    assert len(tries) == 3 and got is not None and got.attempts == 3, "only the other writer's changes landed"
+
+
 # --- claim_due -------------------------------------------------------------------------------------
 
 
@@ -319,7 +445,7 @@ def test_claim_due_respects_limit_and_a_second_owner_gets_nothing(store: Store) 
     assert ids(store.claim_due("r1", T0, T0 + 2 * SEC, lease, 2)) == ["c"]
     assert store.claim_due("r2", T0, T0 + 2 * SEC, lease, 10) == []
     assert store.claim_due("r1", T0, T0 + 2 * SEC, lease, 0) == []
-    assert {t.lease_owner for t in store.list()} == {"r1"}
+    assert {t.lease_owner for t in store.find()} == {"r1"}
 
 
 def test_claim_due_until_is_inclusive(store: Store) -> None:
@@ -352,15 +478,30 @@ def test_unexpired_lease_is_not_reclaimable(store: Store) -> None:
 # --- renew / release -------------------------------------------------------------------------------
 
 
-def test_renew_extends_leases_still_held(store: Store) -> None:
-    store.insert_many([make("a"), make("b"), make("idle", T0 + timedelta(hours=1))])
-    store.claim_due("r1", T0, T0, T0 + 30 * SEC, 10)
-    assert store.renew("r1", ["a", "b", "idle", "missing"], T0 + 90 * SEC) == {"a", "b"}
+def test_renew_extends_every_lease_its_owner_holds_and_no_other(store: Store) -> None:
+    store.insert_many([make("a"), make("b"), make("c", T0 + SEC), make("idle", T0 + timedelta(hours=1))])
+    assert ids(store.claim_due("r1", T0, T0, T0 + 30 * SEC, 10)) == ["a", "b"]
+    assert ids(store.claim_due("r2", T0 + SEC, T0 + SEC, T0 + 31 * SEC, 10)) == ["c"]
+    assert store.renew("r1", T0 + 90 * SEC) == {"a", "b"}
     for timer_id in ("a", "b"):
         got = store.get(timer_id)
-        assert got is not None and got.lease_until == T0 + 90 * SEC and got.lease_owner == "r1"
-    assert store.renew("r2", ["a", "b"], T0 + 999 * SEC) == set()
-    assert store.renew("r1", [], T0 + 90 * SEC) == set()
+        assert got is not None
+        assert (got.status, got.lease_owner, got.lease_until) == (Status.RUNNING, "r1", T0 + 90 * SEC)
+    other = store.get("c")
+    assert other is not None and (other.lease_owner, other.lease_until) == ("r2", T0 + 31 * SEC)
+    assert store.get("idle") == make("idle", T0 + timedelta(hours=1))
+    assert store.renew("nobody", T0 + 999 * SEC) == set()
+
+
+def test_renew_leaves_out_what_its_owner_completed_or_released(store: Store) -> None:
+    store.insert_many([make("a"), make("b"), make("c")])
+    store.claim_due("r1", T0, T0, T0 + 30 * SEC, 10)
+    assert store.complete("r1", [Outcome("a", Status.FINISHED, 1, fired_at=T0)]) == ["a"]
+    assert store.release("r1", ["b"]) == 1
+    assert store.renew("r1", T0 + 90 * SEC) == {"c"}
+    done, back = store.get("a"), store.get("b")
+    assert done is not None and (done.status, done.lease_until) == (Status.FINISHED, None)
+    assert back is not None and (back.status, back.lease_until) == (Status.SCHEDULED, None)
 
 
 def test_renew_after_takeover_reports_the_lease_lost(store: Store) -> None:
@@ -369,7 +510,9 @@ def test_renew_after_takeover_reports_the_lease_lost(store: Store) -> None:
     store.claim_due("r1", T0 + 10 * SEC, T0 + 10 * SEC, T0 + 40 * SEC, 10)
     now = T0 + 31 * SEC
     assert ids(store.claim_due("r2", now, now, now + 30 * SEC, 10)) == ["a"]
-    assert store.renew("r1", ["a", "b"], now + 60 * SEC) == {"b"}
+    held = {"a", "b"}
+    kept = store.renew("r1", now + 60 * SEC)
+    assert kept == {"b"} and held - kept == {"a"}, "what a runner compares to find its lost leases"
     got = store.get("a")
     assert got is not None and got.lease_owner == "r2" and got.lease_until == now + 30 * SEC
 
@@ -378,7 +521,7 @@ def test_release_hands_timers_back_only_for_their_owner(store: Store) -> None:
     store.insert_many([make("a"), make("b")])
     store.claim_due("r1", T0, T0, T0 + 30 * SEC, 10)
     assert store.release("r2", ["a", "b"]) == 0
-    assert {t.status for t in store.list()} == {Status.RUNNING}
+    assert {t.status for t in store.find()} == {Status.RUNNING}
     assert store.release("r1", ["a", "missing"]) == 1
     got = store.get("a")
     assert got is not None
@@ -395,7 +538,7 @@ def test_release_hands_timers_back_only_for_their_owner(store: Store) -> None:
 
 def test_complete_records_finished_failed_and_retry(store: Store) -> None:
     store.insert_many([make("ok"), make("gave-up"), make("retry"), make("keep-due")])
-    store.claim_due("r1", T0, T0, T0 + 30 * SEC, 10)
+    claimed = {t.timer_id: t for t in store.claim_due("r1", T0, T0, T0 + 30 * SEC, 10)}
     outcomes = [
         Outcome("ok", Status.FINISHED, attempts=1, fired_at=T0 + 250 * MS),
         Outcome("gave-up", Status.FAILED, attempts=8, last_error="HTTP 500 after 8 attempts"),
@@ -404,6 +547,8 @@ def test_complete_records_finished_failed_and_retry(store: Store) -> None:
     ]
     assert store.complete("r1", outcomes) == ["ok", "gave-up", "retry", "keep-due"]
 
+    # What is stored is the model's own rule for an outcome, on every backend.
+    assert [store.get(o.timer_id) for o in outcomes] == [o.apply(claimed[o.timer_id]) for o in outcomes]
     ok, failed, retry, keep = (store.get(i) for i in ("ok", "gave-up", "retry", "keep-due"))
     assert ok == make("ok", status=Status.FINISHED, attempts=1, fired_at=T0 + 250 * MS)
     assert failed == make("gave-up", status=Status.FAILED, attempts=8, last_error="HTTP 500 after 8 attempts")
@@ -431,28 +576,28 @@ def test_complete_ignores_a_stale_owner_after_takeover(store: Store) -> None:
     assert store.complete("r2", [failed]) == []
 
 
+@pytest.mark.parametrize("status", [Status.RUNNING, Status.CANCELLED])
+def test_complete_refuses_an_outcome_a_runner_cannot_record(store: Store, status: Status) -> None:
+    store.insert(make("a"))
+    store.claim_due("r1", T0, T0, T0 + 30 * SEC, 10)
+    with pytest.raises(ValueError, match=f"outcome of a is {status.value}; expected Failed, Finished, Scheduled"):
+        store.complete("r1", [Outcome("a", Status.FINISHED, 1, fired_at=T0), Outcome("a", status, 1)])
+    got = store.get("a")
+    assert got is not None and (got.status, got.lease_owner) == (Status.RUNNING, "r1"), "nothing of the batch written"
+
+
 def test_complete_ignores_timers_not_running(store: Store) -> None:
     store.insert_many([make("sched"), make("gone")])
     store.cancel("gone")
     outcomes = [Outcome("sched", Status.FINISHED, 1), Outcome("gone", Status.FINISHED, 1)]
     assert store.complete("r1", [*outcomes, Outcome("missing", Status.FINISHED, 1)]) == []
-    assert {t.timer_id: t.status for t in store.list()} == {
+    assert {t.timer_id: t.status for t in store.find()} == {
         "sched": Status.SCHEDULED,
         "gone": Status.CANCELLED,
     }
 
 
-# --- next_due / counts / ping ----------------------------------------------------------------------
-
-
-def test_next_due_is_the_soonest_scheduled_due_at(store: Store) -> None:
-    assert store.next_due() is None
-    store.insert(make("running", T0 - SEC, status=Status.RUNNING, lease_owner="r", lease_until=T0))
-    store.insert(make("cancelled", T0 - 2 * SEC, status=Status.CANCELLED))
-    store.insert(make("later", T0 + 5 * SEC))
-    assert store.next_due() == T0 + 5 * SEC
-    store.insert(make("retry", T0 + timedelta(hours=1), due_at=T0 + 2 * SEC + 7 * MS))
-    assert store.next_due() == T0 + 2 * SEC + 7 * MS
+# --- counts / ping ---------------------------------------------------------------------------------
 
 
 def test_counts_cover_every_status(store: Store) -> None:
@@ -528,11 +673,43 @@ def test_a_corrupt_row_reads_as_failed_naming_the_corruption(store: Store, raw: 
     assert got.last_error is not None and got.last_error.startswith("stored timer is corrupt: ")
     assert why in got.last_error and "\n" not in got.last_error
     assert (got.lease_owner, got.lease_until) == (None, None)
-    listed = {t.timer_id: t for t in store.list()}
+    listed = {t.timer_id: t for t in store.find()}
     assert listed["bad"] == got and listed["good"] == make("good", T0 + SEC)
     assert sum(store.counts().values()) == 2
     with pytest.raises(Conflict, match="Failed"):
         store.cancel("bad")
+
+
+def raw(store: Store, timer_id: str, name: str) -> Any:
+    """A stored field as the backend holds it (``name`` as in ``plant``)."""
+    if isinstance(store, SqliteStore):
+        with sqlite3.connect(store.path) as db:
+            return db.execute(f"SELECT {SQLITE_COLUMNS[name]} FROM timers WHERE timer_id = ?", (timer_id,)).fetchone()[
+                0
+            ]
+    assert isinstance(store, MongoStore)
+    doc = store._timers.find_one({"timerId": timer_id})
+    assert doc is not None
+    return doc[name]
+
+
+def test_a_cancel_rewrites_only_the_fields_it_changes(store: Store) -> None:
+    """Another tool's payload text (valid JSON, spaced) is still what it wrote after a cancel."""
+    store.insert(make("a", payload={"k": 1}))
+    plant(store, "a", payload='{ "k" : 1 }')
+    assert store.cancel("a") == model.cancel(make("a", payload={"k": 1}))
+    assert raw(store, "a", "payload") == '{ "k" : 1 }'
+    assert raw(store, "a", "status") == "Cancelled"
+
+
+def test_modify_never_writes_over_a_corrupt_row(store: Store) -> None:
+    store.insert(make("bad", payload={"k": 1}))
+    plant(store, "bad", payload="{not json")
+    before = store.get("bad")
+    with pytest.raises(Conflict, match=r"timer bad is stored corrupt \(payload is not valid JSON .*\); it can be read"):
+        store.modify("bad", lambda t: replace(t, status=Status.SCHEDULED, last_error=None))
+    assert store.get("bad") == before
+    assert store.modify("bad", lambda t: t) == before, "reading it through modify is fine"
 
 
 @pytest.mark.parametrize(("raw", "why"), CORRUPTIONS)
@@ -575,14 +752,6 @@ def test_a_running_timer_without_a_lease_is_reclaimable(store: Store) -> None:
     assert sorted(ids(claimed)) == ["no-lease", "owner-only"]
     assert all(t.lease_owner == "r1" and t.lease_until == T0 + 30 * SEC for t in claimed)
     assert store.claim_due("r2", T0, T0, T0 + 30 * SEC, 10) == []
-
-
-def test_next_due_skips_a_corrupt_due_instant(store: Store) -> None:
-    store.insert_many([make("bad", T0), make("good", T0 + 5 * SEC)])
-    plant(store, "bad", dueAt="soon")
-    assert store.next_due() == T0 + 5 * SEC
-    plant(store, "good", dueAt="later")
-    assert store.next_due() is None
 
 
 # --- several processes on one backing store --------------------------------------------------------
@@ -664,7 +833,7 @@ def test_concurrent_runners_claim_every_timer_exactly_once(shared_backend: tuple
     every = [timer_id for claim in claims for timer_id in claim]
     assert len(every) == len(timers)
     assert set(every) == {t.timer_id for t in timers}
-    owner_of = {t.timer_id: t.lease_owner for t in store.list(limit=len(timers))}
+    owner_of = {t.timer_id: t.lease_owner for t in store.find(limit=len(timers))}
     for n, claim in enumerate(claims):
         assert {owner_of[timer_id] for timer_id in claim} <= {f"runner-{n}"}
     assert store.counts()[Status.RUNNING] == len(timers)
@@ -709,13 +878,51 @@ def test_mongo_from_uri_takes_the_database_from_the_path(
     store.close()
 
 
-def test_mongo_indexes_serve_ids_claims_and_leases() -> None:
+def test_mongo_indexes_serve_ids_claims_leases_and_renewals() -> None:
     store = MongoStore(mongomock.MongoClient(), "timerctl_idx")
     info = store._timers.index_information()
-    keys = {tuple(k for k, _ in spec["key"]): spec.get("unique", False) for spec in info.values()}
-    assert keys[("timerId",)] is True
+    keys = {tuple(k for k, _ in spec["key"]): spec for spec in info.values()}
+    assert keys[("timerId",)].get("unique") is True
     assert ("status", "dueAt") in keys
     assert ("status", "leaseUntil") in keys
+    assert keys[("leaseOwner",)]["partialFilterExpression"] == {"status": "Running"}
+
+
+def _index_names(plan: Any) -> set[str]:
+    """Every ``indexName`` in an explain() answer (its shape differs between server versions)."""
+    if isinstance(plan, dict):
+        found = {plan["indexName"]} if isinstance(plan.get("indexName"), str) else set()
+        return found.union(*(_index_names(v) for v in plan.values()))
+    if isinstance(plan, list):
+        return set().union(*(_index_names(v) for v in plan))
+    return set()
+
+
+def test_mongo_renew_is_served_by_the_lease_owner_index() -> None:
+    """Real server only: mongomock has no query planner, so only a server can say which index it uses."""
+    with _mongo_store("mongo") as store:
+        store.insert_many([make(f"t{i}") for i in range(50)])
+        store.claim_due("r1", T0, T0, T0 + 30 * SEC, 5)
+        assert len(store.renew("r1", T0 + 60 * SEC)) == 5
+        plan = store._timers.find({"status": "Running", "leaseOwner": "r1"}).explain()
+        assert "leaseOwner_1" in _index_names(plan["queryPlanner"]["winningPlan"]), plan
+
+
+def test_mongo_swap_matches_a_document_without_attempts(mongo_store: MongoStore) -> None:
+    """Another tool may leave ``attempts`` out; it reads as 0, so the compare-and-set must match it too."""
+    mongo_store.insert(make("a"))
+    mongo_store._timers.update_one({"timerId": "a"}, {"$unset": {"attempts": ""}})
+    assert mongo_store.get("a") == make("a")
+    assert mongo_store.cancel("a") == model.cancel(make("a"))
+    assert mongo_store.get("a") == model.cancel(make("a"))
+
+
+def test_sqlite_renew_is_served_by_the_lease_owner_index(tmp_path: Path) -> None:
+    store = SqliteStore(str(tmp_path / "timers.db"))
+    with sqlite3.connect(store.path) as db:
+        plan = db.execute(f"EXPLAIN QUERY PLAN {_RENEW}", (0, "r1")).fetchall()
+    store.close()
+    assert [row[-1] for row in plan] == ["SEARCH timers USING INDEX timers_owner (lease_owner=?)"]
 
 
 def test_mongo_accepts_a_database_as_well_as_a_client() -> None:

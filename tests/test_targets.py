@@ -25,10 +25,9 @@ from tests.fixtures_http import Receiver, wait_until
 from tests.test_runner import make_timer, now, settings_for
 from tests.test_signing import serving
 from timerctl.daemons.runner import make_deliverer
-from timerctl.delivery import RefusedTarget
 from timerctl.model import Status, Timer
 from timerctl.stores.sqlite import SqliteStore
-from timerctl.targets import TargetGuard, TargetPolicy
+from timerctl.targets import RefusedTarget, TargetGuard, TargetPolicy
 
 #: Refused whatever the settings, with the range the refusal must name.
 ALWAYS_BLOCKED = [

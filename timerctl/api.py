@@ -14,12 +14,10 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import socket
 import threading
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import Annotated, Any
 
-import uvicorn
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -30,10 +28,9 @@ from starlette.requests import ClientDisconnect
 from tzlocal import get_localzone
 
 from timerctl import __version__, metrics
-from timerctl.api_limits import BodyLimit, Limits, uvicorn_options
-from timerctl.auth import TokenStore, allows, is_loopback
+from timerctl.api_limits import BodyLimit, Limits
+from timerctl.auth import TokenStore, allows
 from timerctl.config import Settings
-from timerctl.daemons.lifecycle import StopFlag, Watchdog, notify
 from timerctl.model import BackendUnavailable, Conflict, InvalidInput, NotFound, Timer, TimerError
 from timerctl.model import validate_timer_id as _valid_id
 from timerctl.redaction import one_line
@@ -43,8 +40,6 @@ from timerctl.spec import spec_from_mapping
 log = logging.getLogger(__name__)
 
 STATUS_OF: dict[type[TimerError], int] = {InvalidInput: 400, NotFound: 404, Conflict: 409, BackendUnavailable: 503}
-#: Exit code of ``serve api`` when it cannot listen (the address is taken or not ours).
-EXIT_CANNOT_LISTEN = 3
 #: Deepest nesting of arrays and objects in a create's body: serde_json's default, so a payload accepted
 #: here can be parsed by common receivers, and no later encoder runs out of stack on it.
 MAX_JSON_DEPTH = 128
@@ -111,7 +106,7 @@ class _Backends:
 
     TimerService opens backends in ``cached_property``s, which have no lock from Python 3.12 on; two
     requests racing on the first use would each open a connection. Once open, the backends are safe to
-    share: SqliteStore locks, pymongo, redis-py and kafka-python's producer are thread-safe.
+    share: SqliteStore locks; pymongo, redis-py and confluent-kafka's producer are thread-safe.
     """
 
     def __init__(self, service: TimerService) -> None:
@@ -183,7 +178,7 @@ def create_timer(backends: Backends, body: RawBody) -> JSONResponse:
     """Create a timer (201); a repeated timerId with the same spec returns the existing timer (200)."""
     spec = spec_from_mapping(_json_body(body), get_localzone())
     service = backends.ready("cache", "queue", *(["store"] if spec.timer_id is not None else []))
-    done = service.create_or_get(spec)  # the existing timer again, or Conflict, when the id is taken
+    done = service.create(spec)  # the existing timer again, or Conflict, when the id is taken
     if not done.new:
         return _timer_reply(200, "Timer Already Exists!", done.timer, service)
     metrics.CREATED.inc()
@@ -313,81 +308,3 @@ def create_app(
     app.add_exception_handler(Exception, _unexpected_error)
     app.add_middleware(BodyLimit, limits=limits)
     return app
-
-
-class _Server(uvicorn.Server):
-    watchdog = Watchdog()
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield  # the StopFlag owns SIGTERM/SIGINT; the watcher below turns it into should_exit
-
-    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        await super().startup(sockets)
-        if self.started:
-            notify("READY=1")
-
-    async def on_tick(self, counter: int) -> bool:
-        self.watchdog.ping()  # from the server's own loop: a hung loop stops the pings
-        return await super().on_tick(counter)
-
-
-def _no_colour(record: logging.LogRecord) -> bool:
-    record.__dict__.pop("color_message", None)  # uvicorn's ANSI-coloured copy has no place in a JSON log
-    return True
-
-
-def serve(
-    settings: Settings,
-    stop: StopFlag,
-    *,
-    host: str = "127.0.0.1",
-    port: int = 3000,
-    tokens: TokenStore | None = None,
-    limits: Limits = Limits(),
-) -> int:
-    """Serve the API until ``stop`` is set and in-flight requests are answered: exit code 0, or 3 when it
-    cannot listen. Sets ``stop`` when it ends, so the roles sharing the process stop with it.
-
-    ``tokens`` (else the settings' tokens file) guards the timer routes; the caller has checked that
-    serving ``host`` without them was asked for (``timerctl.auth.check_exposure``).
-    """
-    for name in ("uvicorn.error", "uvicorn.access"):
-        logging.getLogger(name).addFilter(_no_colour)  # once: the same filter is not added twice
-    tokens = tokens if tokens is not None else open_tokens(settings)
-    if tokens is not None and tokens.entries():
-        log.info("HTTP API requires tokens from %s (%d listed)", tokens.path, len(tokens.entries()))
-    elif tokens is not None:
-        log.warning("tokens file %s lists no token: every timer request is refused until one is added", tokens.path)
-    elif not is_loopback(host):
-        log.warning("HTTP API on %s accepts every request without a token (--no-auth)", host)
-    config = uvicorn.Config(
-        create_app(settings, tokens=tokens, limits=limits),
-        host=host,
-        port=port,
-        log_config=None,
-        timeout_graceful_shutdown=max(1, round(settings.drain_timeout)),
-        **uvicorn_options(limits),
-    )
-    server = _Server(config)
-    finished = threading.Event()
-
-    def watch() -> None:
-        stop.stopping.wait()
-        notify("STOPPING=1")
-        server.should_exit = True  # stop accepting, answer what is in flight (bounded by the drain timeout)
-        while not finished.wait(0.2):
-            if stop.forced.is_set():  # a second signal: drop what is in flight
-                server.force_exit = True
-                return
-
-    threading.Thread(target=watch, name="timerctl-api-stop", daemon=True).start()
-    try:
-        server.run()
-    except SystemExit:  # uvicorn's way to report that it could not bind or start the app
-        log.error("HTTP API could not start on %s:%d", host, port)
-        return EXIT_CANNOT_LISTEN
-    finally:
-        finished.set()
-        stop.stopping.set()
-    return 0 if server.started else EXIT_CANNOT_LISTEN

@@ -83,6 +83,8 @@ class Option:
         """True when ``value`` (already of this setting's type) is within the row's own bounds."""
         if self.pattern is not None and not re.fullmatch(self.pattern, value):
             return False
+        if isinstance(value, timedelta):
+            value = value.total_seconds()  # the bounds of a duration are in seconds
         if self.low is not None and (value <= self.low if self.above else value < self.low):
             return False
         return self.high is None or value <= self.high
@@ -102,7 +104,8 @@ def _text(default: str, meaning: str, **bounds: Any) -> Any:
 
 
 def _duration(default: float, meaning: str, **bounds: Any) -> Any:
-    return _setting("duration", default, meaning, **bounds)
+    """A duration setting: a ``timedelta`` everywhere; its default and bounds are given in seconds."""
+    return _setting("duration", timedelta(seconds=default), meaning, **bounds)
 
 
 def _integer(default: int, meaning: str, **bounds: Any) -> Any:
@@ -155,7 +158,7 @@ class Settings:
         "", "When set, Redis caches timers for reads", text="`redis://[user:password@]host[:port][/db]`"
     )
     # --- Timers and retries
-    max_horizon: float = _duration(
+    max_horizon: timedelta = _duration(
         365 * _D,
         "How far ahead a timer may expire; creates beyond it are refused",
         low=0.0,
@@ -163,21 +166,21 @@ class Settings:
         high=36500 * _D,
     )
     max_attempts: int = _integer(8, "Delivery attempts before a timer is Failed", low=1, high=1000)
-    retry_first_delay: float = _duration(
+    retry_first_delay: timedelta = _duration(
         1.0,
         "Delay before the first retry; later retries double it, with jitter",
         low=0.0,
         above=True,
         at_most="retry_max_delay",
     )
-    retry_max_delay: float = _duration(
+    retry_max_delay: timedelta = _duration(
         300.0, "Upper bound on the delay between two retries", low=0.0, above=True, high=30 * _D
     )
     # --- Delivery
-    request_timeout: float = _duration(
+    request_timeout: timedelta = _duration(
         10.0, "Total time one webhook attempt may take (connect, send, answer)", low=0.0, above=True, high=_H
     )
-    connect_timeout: float = _duration(
+    connect_timeout: timedelta = _duration(
         5.0, "Time allowed to open the connection of one attempt", low=0.0, above=True, high=_H
     )
     concurrency: int = _integer(256, "Webhook POSTs in flight at once per runner", low=1, high=100_000)
@@ -202,21 +205,22 @@ class Settings:
         "", "Targets always allowed, whatever the blocks", text="CIDRs or host names, comma-separated"
     )
     # --- Runner
-    lease: float = _duration(
-        30.0,
-        "How long a runner's claim on a timer lasts (renewed while held); a dead runner's timers move on after it",
+    lease: timedelta = _duration(
+        8.0,
+        "How long a runner's claim on a timer lasts, renewed every quarter of it; "
+        "a dead runner's timers move on after it",
         low=_S,
         high=_D,
     )
-    poll_interval: float = _duration(0.5, "How often a runner claims what falls due", low=10 * _MS, high=_H)
-    lookahead: float = _duration(
+    poll_interval: timedelta = _duration(0.5, "How often a runner claims what falls due", low=10 * _MS, high=_H)
+    lookahead: timedelta = _duration(
         2.0, "How far ahead of expiryTime a runner claims a timer, to fire it exactly on time", low=0.0, high=_H
     )
-    drain_timeout: float = _duration(
+    drain_timeout: timedelta = _duration(
         15.0, "How long a stopping runner waits for in-flight deliveries", low=0.0, high=_H
     )
     claim_batch: int = _integer(500, "Timers claimed per store round trip", low=1, high=100_000)
-    cache_grace: float = _duration(
+    cache_grace: timedelta = _duration(
         _H, "How long a timer stays in the Redis cache after its expiry", low=0.0, high=365 * _D
     )
     # --- HTTP API
@@ -233,10 +237,6 @@ class Settings:
     def runner_group(self) -> str:
         """The runners' Kafka group (the near-term fan-out)."""
         return f"{self.group_prefix}-runner"
-
-    @property
-    def horizon(self) -> timedelta:
-        return timedelta(seconds=self.max_horizon)
 
     @property
     def retry(self) -> RetryPolicy:
@@ -280,15 +280,19 @@ def _text_value(value: Any) -> str:
     return value
 
 
-def _duration_value(value: Any) -> float:
-    """Seconds from ``90s``/``1h``/bare seconds, or from a TOML or flag number."""
-    if isinstance(value, str):
-        return parse_duration(value).total_seconds()
-    if isinstance(value, bool) or not isinstance(value, int | float):
+def _duration_value(value: Any) -> timedelta:
+    """A timedelta from ``90s``/``1h``/bare seconds, a TOML or flag number of seconds, or a timedelta."""
+    if isinstance(value, timedelta):
+        seconds = value.total_seconds()
+    elif isinstance(value, str):
+        return parse_duration(value)
+    elif isinstance(value, bool) or not isinstance(value, int | float):
         raise TypeError(f"expected a duration such as 90s or a number of seconds, got {type(value).__name__}")
-    if not math.isfinite(value) or value < 0:
+    else:
+        seconds = float(value)
+    if not math.isfinite(seconds) or seconds < 0:
         raise ValueError("expected a finite number of seconds, 0 or more")
-    return float(value)
+    return timedelta(seconds=seconds)
 
 
 def _integer_value(value: Any) -> int:
@@ -335,7 +339,7 @@ def _check_relations(settings: Settings) -> None:
             continue
         value, limit = getattr(settings, option.name), getattr(settings, option.at_most)
         if value > limit:
-            show = _span if option.kind == "duration" else str
+            show = (lambda d: _span(d.total_seconds())) if option.kind == "duration" else str
             other = _variable(option.at_most)
             raise InvalidInput(
                 f"setting {option.variable}={show(value)} is above {other}={show(limit)}; expected at most {other}"

@@ -17,16 +17,16 @@ import time
 import traceback
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import NamedTuple, Protocol
+from typing import NamedTuple
 from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 
 from timerctl import __version__
-from timerctl.model import InvalidInput, RetryPolicy, Status, Timer, format_instant
+from timerctl.model import InvalidInput, Outcome, RetryPolicy, Status, Timer, format_instant
 from timerctl.redaction import one_line, scrub
 from timerctl.slots import HostSlots
-from timerctl.stores.base import Outcome
+from timerctl.targets import RefusedTarget, TargetChecker
 
 log = logging.getLogger(__name__)
 
@@ -49,10 +49,6 @@ class Attempt:
     retryable: bool = True
     duration: float = 0.0
     body_prefix: bytes = b""
-
-
-class RefusedTarget(Exception):
-    """The target must not be called (blocked address); the timer fails without retries."""
 
 
 _encode_str = json.encoder.encode_basestring  # the C encoder, non-ASCII kept
@@ -137,7 +133,7 @@ def decide(
     delay = policy.next_delay(attempt, rand) if result.retryable else None
     if delay is None:
         return Outcome(timer.timer_id, Status.FAILED, attempt, last_error=error)
-    return Outcome(timer.timer_id, Status.SCHEDULED, attempt, last_error=error, due_at=now + timedelta(seconds=delay))
+    return Outcome(timer.timer_id, Status.SCHEDULED, attempt, last_error=error, due_at=now + delay)
 
 
 class Route(NamedTuple):
@@ -243,8 +239,8 @@ class Deliverer:
 
     def __init__(
         self,
-        request_timeout: float = 10.0,
-        connect_timeout: float = 5.0,
+        request_timeout: timedelta = timedelta(seconds=10),
+        connect_timeout: timedelta = timedelta(seconds=5),
         concurrency: int = 256,
         per_host: int = 32,
         signer: Signer | None = None,
@@ -252,7 +248,9 @@ class Deliverer:
     ) -> None:
         self.signer = signer
         self.guard = guard
-        self._timeout = aiohttp.ClientTimeout(total=request_timeout, sock_connect=connect_timeout)
+        self._timeout = aiohttp.ClientTimeout(
+            total=request_timeout.total_seconds(), sock_connect=connect_timeout.total_seconds()
+        )
         self._concurrency = concurrency
         self.slots = HostSlots(concurrency, per_host)
         self._session: aiohttp.ClientSession | None = None
@@ -316,9 +314,3 @@ class Deliverer:
         ) as response:
             # Most receivers answer with no body at all: no read (and no coroutine) for those.
             return response.status, b"" if response.content.at_eof() else await _read_prefix(response)
-
-
-class TargetChecker(Protocol):
-    async def check(self, url: str) -> str:
-        """The address to connect to; raises RefusedTarget (never retried) or ConnectionError (retried)."""
-        ...

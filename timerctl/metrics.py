@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
-CREATED = Counter("timerctl_timers_created", "Timers accepted by this process (API or CLI).")
+CREATED = Counter("timerctl_timers_created", "Timers created through this process's HTTP API.")
 PERSISTED = Counter("timerctl_timers_persisted", "Timers newly written to the store by the consumer.")
 FIRED = Counter("timerctl_timers_fired", "Delivery attempts made, by result.", ["result"])
 FINISHED = Counter("timerctl_timers_finished", "Timers delivered (2xx).")

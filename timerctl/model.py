@@ -408,22 +408,50 @@ class Timer:
 
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
-    """When to try a failed delivery again: exponential backoff with full jitter, capped."""
+    """When to try a failed delivery again: exponential backoff with jitter, capped."""
 
     max_attempts: int = 8
-    first_delay: float = 1.0
-    max_delay: float = 300.0
+    first_delay: timedelta = timedelta(seconds=1)
+    max_delay: timedelta = timedelta(minutes=5)
 
-    def next_delay(self, attempts: int, rand: float) -> float | None:
-        """Seconds before the next attempt after ``attempts`` tries, or None when exhausted.
+    def next_delay(self, attempts: int, rand: float) -> timedelta | None:
+        """How long to wait before the next attempt after ``attempts`` tries, or None when exhausted.
 
         ``rand`` in [0, 1) is the caller's random draw (the core reads no randomness itself). The delay is
         half fixed, half jittered so retries never bunch up yet never come sooner than half the backoff.
         """
         if attempts >= self.max_attempts:
             return None
-        base = min(self.max_delay, self.first_delay * (2.0 ** max(0, attempts - 1)))
-        return base / 2 + base / 2 * rand
+        doublings = min(max(0, attempts - 1), 64)  # past 2**64 the cap has long been reached
+        base = min(self.max_delay.total_seconds(), self.first_delay.total_seconds() * 2.0**doublings)
+        return timedelta(seconds=base / 2 + base / 2 * rand)
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What happened to one claimed timer, written back by its runner.
+
+    ``status`` is Finished (delivered), Failed (gave up) or Scheduled (retry at ``due_at``).
+    """
+
+    timer_id: str
+    status: Status
+    attempts: int
+    fired_at: datetime | None = None
+    last_error: str | None = None
+    due_at: datetime | None = None
+
+    def apply(self, timer: Timer) -> Timer:
+        """``timer`` as the store has it once this outcome is recorded (the lease is gone)."""
+        return timer.move(
+            self.status,
+            attempts=self.attempts,
+            fired_at=self.fired_at,
+            last_error=self.last_error,
+            due_at=self.due_at or timer.due_at,
+            lease_owner=None,
+            lease_until=None,
+        )
 
 
 def cancel(timer: Timer) -> Timer:

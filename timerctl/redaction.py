@@ -18,18 +18,27 @@ MAX_ERROR_CHARS = 500
 
 
 def redact_url(url: str) -> str:
-    """``url`` without its query string and fragment, with any ``user:password@`` shown as ``***@``."""
+    """``url`` without its query string and fragment, any ``user:password@`` shown as ``***@``.
+
+    The one form in which a URL is shown anywhere: webhook URLs in errors and logs, backend URLs in
+    ``doctor`` and warnings. A URL that does not parse is redacted as text, the credentials ending at the
+    last ``@`` of the authority, so a malformed URL never shows more than a good one.
+    """
     try:
         parts = urlsplit(url)
+        scheme, netloc, path = parts.scheme, parts.netloc, parts.path
     except ValueError:
-        return "<unparseable URL>"
-    if not parts.scheme or not parts.netloc:
+        scheme, sep, rest = url.partition("://")
+        if not sep:
+            return "<not a URL>"
+        authority = rest.split("?", 1)[0].split("#", 1)[0]
+        netloc, path = authority, ""
+    if not scheme or not netloc:
         # Not an absolute URL: nothing to take apart, but a query may still hold a secret.
         return url.split("?", 1)[0].split("#", 1)[0]
-    netloc = parts.netloc
     if "@" in netloc:
         netloc = "***@" + netloc.rpartition("@")[2]
-    return f"{parts.scheme}://{netloc}{parts.path}"
+    return f"{scheme}://{netloc}{path}"
 
 
 def scrub(text: str) -> str:

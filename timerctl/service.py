@@ -7,14 +7,14 @@ Kafka never touches the store unless an ``--id`` must be checked against it.
 from __future__ import annotations
 
 import logging
-import random
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from functools import cached_property
 from typing import Any
 
-from timerctl.cache import Cache, NoCache
+from timerctl.cache import Cache, open_cache
+from timerctl.clock import Clock, system_clock
 from timerctl.config import Settings
 from timerctl.model import (
     BackendUnavailable,
@@ -30,21 +30,6 @@ from timerctl.queue import Queue, open_queue
 from timerctl.stores import Store, open_store
 
 log = logging.getLogger(__name__)
-
-Clock = Callable[[], datetime]
-
-
-def system_clock() -> datetime:
-    return datetime.now(UTC)
-
-
-def open_cache(settings: Settings, warn: Callable[[str], None]) -> Cache:
-    """Redis when ``TIMERCTL_REDIS_URL`` is set, else no cache."""
-    if not settings.redis_url:
-        return NoCache()
-    from timerctl.redis_cache import RedisCache
-
-    return RedisCache(settings.redis_url, grace=settings.cache_grace, warn=warn)
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,11 +93,7 @@ class TimerService:
     def _lookup(self, timer_id: str) -> Timer | None:
         return self.cache.get(timer_id) or self.store.get(timer_id)
 
-    def create(self, spec: TimerSpec) -> Timer:
-        """The created timer, or the existing one for a repeated ``--id`` with the same spec (``create_or_get``)."""
-        return self.create_or_get(spec).timer
-
-    def create_or_get(self, spec: TimerSpec) -> Created:
+    def create(self, spec: TimerSpec) -> Created:
         """The timer created, or the existing one for a repeated ``--id`` with the same spec, saying which.
 
         Conflict when the id exists with a different spec; BackendUnavailable when the queue is down. Of
@@ -127,7 +108,7 @@ class TimerService:
             existing = self._lookup(validate_timer_id(spec.timer_id))
             if existing is not None:
                 return Created(_same_or_conflict(spec, existing), new=False)
-        timer = spec.resolve(now, self.settings.horizon)
+        timer = spec.resolve(now, self.settings.max_horizon)
         stored, new = self.queue.submit_one(timer)
         if not new:
             # Another client created the same id between our lookup and our insert.
@@ -146,7 +127,7 @@ class TimerService:
         """
         pending: list[LineResult] = []
         size = 0
-        horizon = self.settings.horizon
+        horizon = self.settings.max_horizon
         for line, spec in specs:
             if isinstance(spec, InvalidInput):
                 pending.append(LineResult(line, error=str(spec)))
@@ -184,7 +165,7 @@ class TimerService:
         return timer
 
     def list(self, status: Status | None = None, limit: int = 100, due_before: datetime | None = None) -> list[Timer]:
-        return self.store.list(status=status, limit=limit, due_before=due_before)
+        return self.store.find(status=status, limit=limit, due_before=due_before)
 
     def cancel(self, timer_id: str) -> Timer:
         """Cancel at once in the store (a tombstone when the create is still queued), then tell the queue."""
@@ -211,7 +192,7 @@ class TimerService:
         probes: dict[str, Callable[[], Any]] = {
             "store": lambda: self.store.ping(),
             "cache": lambda: self.cache.ping(),
-            "queue": lambda: getattr(self.queue, "ping", lambda: None)(),
+            "queue": lambda: self.queue.ping(),
         }
         for part in ("store", "queue", "cache"):
             start = time.perf_counter()
@@ -240,8 +221,3 @@ def _same_or_conflict(spec: TimerSpec, existing: Timer) -> Timer:
     if spec.matches(existing):
         return existing
     raise Conflict(f"timer {existing.timer_id} already exists with a different spec")
-
-
-def jitter() -> float:
-    """A random draw for retry jitter, kept here so the core stays free of randomness."""
-    return random.random()

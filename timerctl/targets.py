@@ -13,13 +13,25 @@ import ipaddress
 import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Protocol
 from urllib.parse import urlsplit
-
-from timerctl.delivery import RefusedTarget
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Resolver = Callable[[str, int], Awaitable[list[str]]]
+
+
+class RefusedTarget(Exception):
+    """The target must not be called (blocked address); the timer fails without retries."""
+
+
+class TargetChecker(Protocol):
+    """What a Deliverer asks before each POST: where to connect, or why not at all."""
+
+    async def check(self, url: str) -> str:
+        """The address to connect to; raises RefusedTarget (never retried) or ConnectionError (retried)."""
+        ...
+
 
 #: Ranges no webhook may ever reach, whatever the settings (unless explicitly allowed).
 ALWAYS_BLOCKED: tuple[Network, ...] = tuple(
@@ -159,7 +171,8 @@ class TargetGuard:
         self._verdict = functools.lru_cache(maxsize=4096)(functools.partial(_verdict, policy))
 
     async def check(self, url: str) -> str:
-        """The address to connect to; RefusedTarget when the host is blocked or does not resolve."""
+        """The address to connect to; RefusedTarget when the host is blocked, ConnectionError when it does not
+        resolve (a retryable failure: it may resolve later)."""
         host, port = _host_port(url)
         literal = _literal(host)
         if literal is not None:

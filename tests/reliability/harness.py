@@ -314,7 +314,7 @@ def wait_all_final(db: str, expected: int, timeout: float, what: str) -> dict[st
 def timers_by_id(db: str) -> dict[str, Any]:
     store = SqliteStore(db)
     try:
-        return {t.timer_id: t for t in store.list(limit=10_000_000)}
+        return {t.timer_id: t for t in store.find(limit=10_000_000)}
     finally:
         store.close()
 

@@ -38,15 +38,16 @@ from timerctl.stores.sqlite import SqliteStore
 # -- the webhook receiver down and back ----------------------------------------------------------------
 
 
-def fired_attempts(events: list[dict[str, Any]]) -> dict[str, list[tuple[int, float, str]]]:
-    """Timer id -> [(attempt, unix time, status after it)] from a runner's INFO ``fired`` log records."""
-    found: dict[str, list[tuple[int, float, str]]] = defaultdict(list)
+def fired_attempts(events: list[dict[str, Any]]) -> dict[str, list[tuple[int, float, float, str]]]:
+    """Timer id -> [(attempt, started, ended (unix times), status after it)] from a runner's INFO ``fired``
+    log records (written once recorded, so they carry when the attempt started and how long it took)."""
+    found: dict[str, list[tuple[int, float, float, str]]] = defaultdict(list)
     for e in events:
         if e.get("event") != "fired":
             continue
         attempt = int(e["message"].split(" attempt ", 1)[1].split(" ", 1)[0])
-        at = datetime.fromisoformat(e["time"]).timestamp()
-        found[e["timer_id"]].append((attempt, at, e["status"]))
+        started = datetime.fromisoformat(e["fired_at"].replace("Z", "+00:00")).timestamp()
+        found[e["timer_id"]].append((attempt, started, started + float(e["duration"]), e["status"]))
     for attempts in found.values():
         attempts.sort()
     return found
@@ -84,7 +85,7 @@ def receiver_outage_scenario(
     tag = run_tag()
     with cluster(env, workdir) as (fleet, receiver):
         fleet.start("runner", "runner", log_level="INFO")
-        due = time.time() + 3.0
+        due = time.time() + 4.0  # room for the create below on a loaded machine: none may fall due before
         spec_file = write_specs(
             workdir / "outage.jsonl", spread_specs(receiver.url(), f"out-{tag}", timers, due, spread)
         )
@@ -113,11 +114,11 @@ def receiver_outage_scenario(
     early: list[str] = []
     late: list[str] = []
     for tid, tries in attempts.items():
-        for (n, at, _), (_, next_at, _) in pairwise(tries):
-            # Log line to log line: each is written as its attempt ends, and the next attempt's due time is
-            # set from that instant, so a gap is never below the drawn delay; above it by the next
-            # attempt's lateness and duration (a poll tick, scheduling, a queue at the host's bound).
-            gap = next_at - at
+        for (n, _, ended, _), (_, next_started, _, _) in pairwise(tries):
+            # From an attempt's end to the next one's start: the next attempt's due time is set from the
+            # end, so a gap is never below the drawn delay; above it by the next attempt's lateness (a poll
+            # tick, scheduling, a queue at the host's bound).
+            gap = next_started - ended
             gaps[n].append(gap)
             base = min(max_delay, first_delay * 2 ** (n - 1))
             text = f"{tid} attempt {n}->{n + 1}: {gap:.2f}s, policy {base / 2:.2f}-{base:.2f}s"

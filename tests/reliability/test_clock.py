@@ -61,7 +61,7 @@ def timerctl(env: dict[str, str], *args: str, stdin: str | None = None) -> subpr
 def stored(tmp_path: Path) -> dict[str, Timer]:
     store = SqliteStore(str(tmp_path / "timers.db"))
     try:
-        return {t.timer_id: t for t in store.list(limit=100_000)}
+        return {t.timer_id: t for t in store.find(limit=100_000)}
     finally:
         store.close()
 
@@ -289,7 +289,7 @@ def test_a_one_day_delay_across_a_dst_change_is_exactly_86400_seconds(tmp_path: 
     created = local_now.replace(tzinfo=zone)
     spec = build_spec(URL, zone, delay="1d")
     with TimerService(Settings(db=str(tmp_path / "timers.db")), clock=lambda: created.astimezone(UTC)) as svc:
-        timer = svc.create(spec)
+        timer = svc.create(spec).timer
     assert timer.expiry_time - timer.created_at == timedelta(seconds=86_400)
     assert stored(tmp_path)[timer.timer_id].expiry_time == utc(created) + timedelta(days=1)
     wall = timer.expiry_time.astimezone(zone)

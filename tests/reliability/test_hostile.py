@@ -456,7 +456,7 @@ def test_every_malformed_record_is_dead_lettered_and_the_consumer_keeps_going(
         with consumer_running(settings, store) as errors:
             wait_for(lambda: errors or store.get(after.timer_id), 30, "the valid record after the corpus")
         assert store.get(after.timer_id) == after
-        assert sum(store.counts().values()) == 1, [t.timer_id for t in store.list()]
+        assert sum(store.counts().values()) == 1, [t.timer_id for t in store.find()]
     finally:
         store.close()
 
@@ -498,7 +498,7 @@ class Cli:
     def stored(self) -> list[Timer]:
         store = SqliteStore(str(self.db))
         try:
-            return store.list(limit=1000)
+            return store.find(limit=1000)
         finally:
             store.close()
 

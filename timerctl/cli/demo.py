@@ -19,7 +19,6 @@ from timerctl.cli.common import fail, out, status_text
 from timerctl.config import load_settings
 from timerctl.model import Status, TimerSpec, parse_instant
 from timerctl.service import TimerService
-from timerctl.stores.sqlite import SqliteStore
 from timerctl.timeparse import format_duration
 
 
@@ -48,8 +47,8 @@ def demo(
     from rich.live import Live
     from rich.table import Table
 
+    from timerctl.daemons import runner
     from timerctl.daemons.lifecycle import StopFlag
-    from timerctl.daemons.runner import Runner
 
     received: dict[str, float] = {}
     server = _receiver_server(received)
@@ -57,27 +56,25 @@ def demo(
     url = f"http://127.0.0.1:{server.server_address[1]}/webhook"
     with tempfile.TemporaryDirectory(prefix="timerctl-demo-") as tmp:
         settings = load_settings(env={}, db=str(Path(tmp) / "demo.db"))
-        store = SqliteStore(settings.db_path)
         svc = TimerService(settings)
         stop = StopFlag()
-        runner = Runner(settings, store)
-        thread = threading.Thread(target=runner.run, args=(stop,), daemon=True)
+        # The runner exactly as `timerctl serve runner` runs it, on a thread of this process.
+        thread = threading.Thread(target=runner.serve, args=(settings, stop), daemon=True)
         thread.start()
         ids = []
         for i in range(count):
             delay = 1 + spread * (i + 1) / count
             spec = TimerSpec(url, delay=timedelta(seconds=delay), payload={"demo": i + 1})
-            ids.append(svc.create(spec).timer_id)
+            ids.append(svc.create(spec).timer.timer_id)
         deadline = time.monotonic() + spread + 20
         with Live(console=out(), refresh_per_second=10, transient=False) as live:
             while True:
                 now = datetime.now(UTC)
-                timers = [store.get(t) for t in ids]
+                timers = [svc.get(t) for t in ids]
                 table = Table(title=f"timerctl demo: {count} timers -> {url}")
                 for column in ("timerId", "status", "time left", "expiryTime"):
                     table.add_column(column)
                 for timer in timers:
-                    assert timer is not None
                     left = (timer.expiry_time - now).total_seconds()
                     table.add_row(
                         timer.timer_id[:8],
@@ -86,21 +83,20 @@ def demo(
                         timer.to_json(now)["expiryTime"],
                     )
                 live.update(table)
-                if all(t is not None and t.status.is_final for t in timers) or time.monotonic() > deadline:
+                if all(t.status.is_final for t in timers) or time.monotonic() > deadline:
                     break
                 time.sleep(0.1)
         stop.request()
         thread.join(timeout=30)
-        final = [store.get(t) for t in ids]
-        store.close()
+        final = [svc.get(t) for t in ids]
         svc.close()
     server.shutdown()
     late_ms = [
         (received[t.timer_id] - parse_instant(t.to_json(t.expiry_time)["expiryTime"]).timestamp()) * 1000
         for t in final
-        if t is not None and t.timer_id in received
+        if t.timer_id in received
     ]
-    finished = sum(1 for t in final if t is not None and t.status is Status.FINISHED)
+    finished = sum(1 for t in final if t.status is Status.FINISHED)
     if finished != count or not late_ms:
         raise fail(f"only {finished} of {count} timers were delivered", 1)
     out().print(

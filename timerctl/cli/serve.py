@@ -1,6 +1,5 @@
 """``serve runner|consumer|all``: the long-running daemons, each a loop over the Protocols."""
 
-import threading
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -62,10 +61,6 @@ def consumer(log_format: LogFormat = None, log_level: LogLevel = "INFO", metrics
     from timerctl.daemons import consumer as consumer_daemon
 
     settings = settings_from_env()
-    if not settings.kafka_bootstrap:
-        raise fail(
-            "serve consumer needs TIMERCTL_KAFKA_BOOTSTRAP (creates go straight to the store without it)", EXIT_INVALID
-        )
     stop = _start(log_format, log_level, metrics_port)
     raise typer.Exit(consumer_daemon.serve(settings, stop))
 
@@ -101,12 +96,12 @@ def api(
     no_auth: NoAuth = False,
 ) -> None:
     """Serve the HTTP API (docs at /docs) until SIGTERM/SIGINT; exit 3 when it cannot listen."""
-    from timerctl import api as http_api  # FastAPI loads here only: other commands must start fast
+    from timerctl.daemons import api as api_daemon  # FastAPI loads here only: other commands must start fast
 
     settings = settings_from_env()
     tokens = _api_tokens(settings, host, no_auth)
     stop = _start(log_format, log_level, metrics_port)
-    raise typer.Exit(http_api.serve(settings, stop, host=host, port=port, tokens=tokens))
+    raise typer.Exit(api_daemon.serve(settings, stop, host=host, port=port, tokens=tokens))
 
 
 @serve_app.command("all")
@@ -121,35 +116,11 @@ def serve_all(
     no_auth: NoAuth = False,
 ) -> None:
     """Run every role the configuration needs in one process: the runner, the consumer with Kafka, the API."""
-    from timerctl.daemons import consumer as consumer_daemon
-    from timerctl.daemons import runner as runner_daemon
+    from timerctl.daemons import all as all_roles
 
     settings = settings_from_env()
     if no_auth and not with_api:
         raise fail("--no-auth applies to the HTTP API; add --api or drop --no-auth", EXIT_INVALID)
-    tokens = _api_tokens(settings, api_host, no_auth) if with_api else None
+    api = all_roles.ApiRole(api_host, api_port, _api_tokens(settings, api_host, no_auth)) if with_api else None
     stop = _start(log_format, log_level, metrics_port)
-    codes: list[int] = []
-    threads: list[threading.Thread] = []
-    if settings.kafka_bootstrap:
-        thread = threading.Thread(
-            target=lambda: codes.append(consumer_daemon.serve(settings, stop)), name="timerctl-consumer"
-        )
-        thread.start()
-        threads.append(thread)
-    if with_api:
-        from timerctl import api as http_api
-
-        thread = threading.Thread(
-            target=lambda: codes.append(http_api.serve(settings, stop, host=api_host, port=api_port, tokens=tokens)),
-            name="timerctl-api",
-        )
-        thread.start()
-        threads.append(thread)
-    try:
-        codes.append(runner_daemon.serve(settings, stop))
-    finally:
-        stop.stopping.set()
-        for thread in threads:
-            thread.join()
-    raise typer.Exit(max(codes, default=0))
+    raise typer.Exit(all_roles.serve(settings, stop, api))

@@ -93,7 +93,7 @@ def create(
         timer_id=timer_id,
     )
     with service() as svc:
-        timer = svc.create(spec)
+        timer = svc.create(spec).timer
     if as_json:
         print_json(timer.to_json(now()))
     else:

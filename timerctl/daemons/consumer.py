@@ -35,7 +35,6 @@ from timerctl.stores.base import Store
 
 log = logging.getLogger(__name__)
 
-GROUP_ID = "timerctl-consumer"
 #: A member that has not polled for this long loses its partitions to the others, so a killed
 #: consumer's partitions move on after about this long (the store write of one batch is far shorter).
 MAX_POLL_INTERVAL_MS = 10_000
@@ -77,37 +76,50 @@ def decode_batch(polled: dict[Any, list[Any]]) -> Batch:
     return batch
 
 
-class Consumer:
-    """The consumer daemon's state: its Kafka consumer, the dead-letter producer and a batch in flight.
+def broker_of(settings: Settings) -> str:
+    """The configured Kafka brokers; InvalidInput when there are none (a consumer has nothing to read)."""
+    if not settings.kafka_bootstrap:
+        raise InvalidInput(
+            "the consumer needs a broker: set TIMERCTL_KAFKA_BOOTSTRAP (host:port); without Kafka, creates "
+            "go straight to the store and no consumer is needed"
+        )
+    return settings.kafka_bootstrap
 
-    ``run_once`` is one unit of work (poll → dead-letter → store write → commit); ``run`` loops over it
-    until stopped, backing off while the store or Kafka is down.
+
+class GroupReader:
+    """A member of a Kafka consumer group on the timers topic: poll, decode, apply, commit.
+
+    ``run_once`` is one unit of work (poll → ``_apply`` → commit); ``run`` loops over it until stopped,
+    backing off while Kafka or whatever ``_apply`` writes to is down. Subclasses say what a batch is
+    applied to: the store (``Consumer``) or a runner's near-term inbox (``feed.NearTermFeed``).
     """
+
+    #: Whether this reader's lag is the one ``timerctl_consumer_lag`` reports.
+    reports_lag = False
 
     def __init__(
         self,
         settings: Settings,
-        store: Store,
         *,
-        group_id: str = GROUP_ID,
+        group_id: str,
         max_records: int = MAX_RECORDS,
         max_poll_interval_ms: int = MAX_POLL_INTERVAL_MS,
         poll_timeout_ms: int = POLL_TIMEOUT_MS,
     ) -> None:
-        if not settings.kafka_bootstrap:
-            raise InvalidInput("the consumer needs a broker: set TIMERCTL_KAFKA_BOOTSTRAP (host:port)")
-        self.bootstrap = settings.kafka_bootstrap
+        self.bootstrap = broker_of(settings)
         self.topic = settings.topic
-        self.store = store
         self.group_id = group_id
         self.max_records = max_records
         self.max_poll_interval_ms = max_poll_interval_ms
         self.poll_timeout_ms = poll_timeout_ms
         self.consumer: Any = None
-        self._producer: RecordProducer | None = None
-        #: A polled batch not yet stored (the store was down): retried before polling again.
+        #: A polled batch not yet applied (its target was down): retried before polling again.
         self.pending: Batch | None = None
         self.watchdog = Watchdog()
+
+    def _apply(self, batch: Batch) -> None:
+        """Apply one decoded batch; BackendUnavailable keeps it pending and uncommitted."""
+        raise NotImplementedError
 
     def connect(self) -> None:
         """Subscribe to the topic; BackendUnavailable (one line) when the broker is unreachable."""
@@ -137,9 +149,9 @@ class Consumer:
         log.info("consumer subscribed to %s at %s as group %s", self.topic, self.bootstrap, self.group_id)
 
     def run_once(self) -> int:
-        """The number of records applied by one poll → store write → commit (0 when none arrived).
+        """The number of records applied by one poll → apply → commit (0 when none arrived).
 
-        BackendUnavailable when the store or the dead-letter topic is down: the batch is kept, nothing is
+        BackendUnavailable when what the batch is applied to is down: the batch is kept, nothing is
         committed, and the next call retries it before polling again.
         """
         if self.consumer is None:
@@ -150,11 +162,11 @@ class Consumer:
                 return 0
             self.pending = decode_batch(polled)
         batch = self.pending
-        self._dead_letter(batch)
-        self._write(batch)
+        self._apply(batch)
         self.pending = None
         self._commit(batch)
-        self._report_lag()
+        if self.reports_lag:
+            self._report_lag()
         return batch.size
 
     def _report_lag(self) -> None:
@@ -169,42 +181,6 @@ class Consumer:
             log.debug("consumer lag unknown: %s", exc)
             return
         metrics.CONSUMER_LAG.set(lag)
-
-    def _dead_letter(self, batch: Batch) -> None:
-        """Publish the batch's undecodable records to the dead-letter topic and wait for the acks."""
-        if not batch.rejects or batch.dead_lettered:
-            return
-        if self._producer is None:
-            self._producer = RecordProducer(self.bootstrap)
-        target = dlq_topic(self.topic)
-        self._producer.publish(
-            target,
-            (
-                (
-                    record.key,
-                    encode_dead_letter(reason, record.topic, record.partition, record.offset, record.value),
-                    [(DLQ_REASON_HEADER, reason.encode())],
-                )
-                for record, reason in batch.rejects
-            ),
-        )
-        for record, reason in batch.rejects:
-            log.warning(
-                "record %s[%d]@%d sent to %s: %s", record.topic, record.partition, record.offset, target, reason
-            )
-        batch.dead_lettered = True
-        metrics.DLQ.inc(len(batch.rejects))
-
-    def _write(self, batch: Batch) -> None:
-        """Creates first (one idempotent insert), then the batch's cancels; safe to repeat."""
-        added = self.store.insert_many(batch.creates) if batch.creates else 0
-        metrics.PERSISTED.inc(added)
-        for timer_id in batch.cancels:
-            try:
-                self.store.cancel(timer_id)
-            except (NotFound, Conflict) as exc:
-                log.info("cancel of %s ignored: %s", timer_id, exc)
-        log.debug("stored %d new of %d creates, %d cancels", added, len(batch.creates), len(batch.cancels))
 
     def _commit(self, batch: Batch) -> None:
         """Commit the batch's offsets for the partitions still ours; a failure only means a replay."""
@@ -277,8 +253,78 @@ class Consumer:
                 log.warning("closing the Kafka consumer failed: %s", exc)
 
     def close(self) -> None:
-        """Disconnect and close the dead-letter producer (the store belongs to the caller)."""
+        """Leave the group."""
         self.disconnect()
+
+
+class Consumer(GroupReader):
+    """The consumer daemon: applies each batch to the store, undecodable records to the dead-letter topic."""
+
+    reports_lag = True
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        *,
+        group_id: str | None = None,
+        max_records: int = MAX_RECORDS,
+        max_poll_interval_ms: int = MAX_POLL_INTERVAL_MS,
+        poll_timeout_ms: int = POLL_TIMEOUT_MS,
+    ) -> None:
+        super().__init__(
+            settings,
+            group_id=group_id or settings.consumer_group,
+            max_records=max_records,
+            max_poll_interval_ms=max_poll_interval_ms,
+            poll_timeout_ms=poll_timeout_ms,
+        )
+        self.store = store
+        self._producer: RecordProducer | None = None
+
+    def _apply(self, batch: Batch) -> None:
+        self._dead_letter(batch)
+        self._write(batch)
+
+    def _dead_letter(self, batch: Batch) -> None:
+        """Publish the batch's undecodable records to the dead-letter topic and wait for the acks."""
+        if not batch.rejects or batch.dead_lettered:
+            return
+        if self._producer is None:
+            self._producer = RecordProducer(self.bootstrap)
+        target = dlq_topic(self.topic)
+        self._producer.publish(
+            target,
+            (
+                (
+                    record.key,
+                    encode_dead_letter(reason, record.topic, record.partition, record.offset, record.value),
+                    [(DLQ_REASON_HEADER, reason.encode())],
+                )
+                for record, reason in batch.rejects
+            ),
+        )
+        for record, reason in batch.rejects:
+            log.warning(
+                "record %s[%d]@%d sent to %s: %s", record.topic, record.partition, record.offset, target, reason
+            )
+        batch.dead_lettered = True
+        metrics.DLQ.inc(len(batch.rejects))
+
+    def _write(self, batch: Batch) -> None:
+        """Creates first (one idempotent insert), then the batch's cancels; safe to repeat."""
+        added = self.store.insert_many(batch.creates) if batch.creates else 0
+        metrics.PERSISTED.inc(added)
+        for timer_id in batch.cancels:
+            try:
+                self.store.cancel(timer_id)
+            except (NotFound, Conflict) as exc:
+                log.info("cancel of %s ignored: %s", timer_id, exc)
+        log.debug("stored %d new of %d creates, %d cancels", added, len(batch.creates), len(batch.cancels))
+
+    def close(self) -> None:
+        """Leave the group and close the dead-letter producer (the store belongs to the caller)."""
+        super().close()
         producer, self._producer = self._producer, None
         if producer is not None:
             producer.close()
@@ -310,8 +356,7 @@ def serve(
     Opens the store from ``settings`` unless given one (and closes only a store it opened). Raises
     InvalidInput when no broker is configured.
     """
-    if not settings.kafka_bootstrap:
-        raise InvalidInput("the consumer needs a broker: set TIMERCTL_KAFKA_BOOTSTRAP (host:port)")
+    broker_of(settings)  # before the store is opened (with retries): a missing broker is a setting, not an outage
     daemon_store = store
     if daemon_store is None:
         daemon_store = _open_store(settings, stop)
@@ -320,7 +365,7 @@ def serve(
     consumer = Consumer(
         settings,
         daemon_store,
-        group_id=group_id or settings.consumer_group,
+        group_id=group_id,
         max_records=max_records,
         max_poll_interval_ms=max_poll_interval_ms,
     )

@@ -1,9 +1,10 @@
 """The runners' fan-out from Kafka: near-term creates reach a runner without waiting for a store poll.
 
-Runners form their own consumer group (``<TIMERCTL_GROUP_PREFIX>-runner``) next to the persisting one. A create due
-within ``window`` is inserted into the store by the runner that sees it (idempotent, first write wins,
-so a racing consumer or a tombstone is never overwritten) and the runner claims at once, still through
-the store: the claim is what keeps a timer from firing twice.
+Runners form their own consumer group (``<TIMERCTL_GROUP_PREFIX>-runner``) next to the persisting one. A
+create due within ``window`` is offered to the runner that reads it; the runner's main thread (the one
+that owns the store) inserts it — idempotently, first write wins, so a racing consumer or a tombstone is
+never overwritten — and claims at once. The claim is still what keeps a timer from firing twice. This
+thread only reads Kafka: it never writes the store.
 """
 
 from __future__ import annotations
@@ -13,36 +14,32 @@ import threading
 from collections.abc import Callable
 from datetime import timedelta
 
+from timerctl.clock import Clock
 from timerctl.config import Settings
-from timerctl.daemons.consumer import Batch, Consumer
+from timerctl.daemons.consumer import Batch, GroupReader
 from timerctl.daemons.lifecycle import StopFlag
-from timerctl.service import Clock
-from timerctl.stores.base import Store
+from timerctl.model import Timer
 
 log = logging.getLogger(__name__)
 
 
-class NearTermFeed(Consumer):
-    """A Consumer that stores only creates due soon and then wakes its runner; it dead-letters nothing."""
+class NearTermFeed(GroupReader):
+    """Offers the creates due within ``window`` to its runner; everything else is the consumer's business."""
 
     def __init__(
-        self, settings: Settings, store: Store, clock: Clock, wake: Callable[[], None], window: timedelta
+        self, settings: Settings, clock: Clock, offer: Callable[[list[Timer]], None], window: timedelta
     ) -> None:
-        super().__init__(settings, store, group_id=settings.runner_group)
+        super().__init__(settings, group_id=settings.runner_group)
         self.clock = clock
-        self.wake = wake
+        self.offer = offer
         self.window = window
 
-    def _dead_letter(self, batch: Batch) -> None:
-        return None  # the persisting consumer owns the dead-letter topic
-
-    def _write(self, batch: Batch) -> None:
+    def _apply(self, batch: Batch) -> None:
         horizon = self.clock() + self.window
         near = [t for t in batch.creates if t.due_at <= horizon]
         if near:
-            self.store.insert_many(near)
-            self.wake()
-            log.debug("feed stored %d near-term timers", len(near))
+            self.offer(near)
+            log.debug("feed offered %d near-term timers", len(near))
 
     def start(self, stop: StopFlag) -> threading.Thread:
         """Run in a daemon thread until ``stop``; the caller joins it while draining."""

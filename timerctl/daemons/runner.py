@@ -1,18 +1,22 @@
 """The runner daemon: claims due timers from the store and fires each at its ``expiryTime``.
 
-Two threads, each with one job:
-- the main thread runs a ``schedule.Scheduler`` (claim every poll, renew leases) and writes outcomes
-  back to the store in batches, so every store call happens on one thread;
-- an asyncio loop thread holds the claimed timers as ``call_at`` handles and POSTs each at its instant,
-  with bounded concurrency (see ``delivery.Deliverer``).
+Who owns what, by thread:
+- the **main thread** (``Runner``) owns the store and everything about claims: it claims what falls due
+  within the lookahead, renews its leases (one statement per owner), writes outcomes back in batches,
+  inserts near-term creates offered by the Kafka feed, and hands claims back when stopping. Periodic
+  work runs on a ``schedule.Scheduler``; everything else arrives in one inbox (``_inbox``): attempts
+  finished by the firing loop and timers offered by the feed.
+- the **firing thread** (``firing.Firing``) holds the claimed timers on an event loop and POSTs each at
+  its instant; it never touches the store.
+- with Kafka, a **feed thread** (``feed.NearTermFeed``) reads the topic and offers creates due soon.
 
-Timers are claimed ``lookahead`` seconds ahead of time under a lease, so firing is driven by the
-event loop's clock, not by the poll tick; a runner that dies loses its leases and another takes over.
+Timers are claimed ahead of time under a lease, so firing is driven by the clock, not by the poll tick;
+a runner that dies loses its leases and another takes over. The clock is injectable: with a
+``ManualClock``, ``run(burst=True)`` fires exactly what is due at the clock's now, and nothing else.
 """
 
 from __future__ import annotations
 
-import asyncio
 import gc
 import logging
 import os
@@ -20,24 +24,24 @@ import queue
 import random
 import socket
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass
 from datetime import timedelta
 
 import schedule
 
 from timerctl import metrics
-from timerctl.cache import Cache, NoCache
+from timerctl.cache import Cache, NoCache, open_cache
+from timerctl.clock import Clock, system_clock
 from timerctl.config import Settings
-from timerctl.daemons.lifecycle import StopFlag, backoff, notify
-from timerctl.delivery import Attempt, Deliverer, Signer, decide, log_unexpected
-from timerctl.model import BackendUnavailable, Status, Timer, utc
+from timerctl.daemons.firing import Fired, Firing
+from timerctl.daemons.lifecycle import StopFlag, Watchdog, backoff, notify
+from timerctl.delivery import Deliverer, Signer
+from timerctl.model import BackendUnavailable, Timer, format_instant
 from timerctl.redaction import redact_url
-from timerctl.service import Clock, system_clock
-from timerctl.stores.base import Outcome, Store
+from timerctl.stores.base import Store
 from timerctl.targets import TargetGuard, TargetPolicy
 
 log = logging.getLogger(__name__)
@@ -49,8 +53,17 @@ SWITCH_INTERVAL = 0.0005
 #: How long a batch of outcomes gathers before its one commit (seconds): at thousands of fires/s, a
 #: commit per outcome cost an fsync and a wake-up of the firing loop each.
 FLUSH_LINGER = 0.01
+#: Renewals per lease period: a lease is renewed when a quarter of it has run.
+RENEWALS_PER_LEASE = 4
 #: Gen-0 allocation threshold while running (CPython's default is 700); see ``_quiet_gc``.
 GC_THRESHOLD = 50_000
+
+
+@dataclass(frozen=True, slots=True)
+class Offer:
+    """Creates the Kafka feed read that fall due soon: to insert and claim at once."""
+
+    timers: list[Timer]
 
 
 def default_owner() -> str:
@@ -59,6 +72,7 @@ def default_owner() -> str:
 
 
 def make_deliverer(settings: Settings) -> Deliverer:
+    """The Deliverer ``serve`` uses: signing when a secret is set, the target checks always."""
     secrets = [settings.signing_secret, settings.signing_secret_previous]
     signer = Signer(secrets) if settings.signing_secret else None
     return Deliverer(
@@ -71,20 +85,8 @@ def make_deliverer(settings: Settings) -> Deliverer:
     )
 
 
-def new_loop() -> asyncio.AbstractEventLoop:
-    """The firing loop: uvloop where installed (Linux, macOS), else asyncio's own.
-
-    On this 2-core machine uvloop cut p99 lateness at 1,000 fires/s from 17 ms to 2 ms (bench/fire.py).
-    """
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover - a platform without uvloop wheels
-        return asyncio.new_event_loop()
-    return uvloop.new_event_loop()
-
-
 class Runner:
-    """Fires due timers from ``store``; ``run`` is the daemon, ``run(burst=True)`` drains what is due and exits."""
+    """Fires due timers from ``store``; ``run`` is the daemon, ``run(burst=True)`` fires what is due and exits."""
 
     def __init__(
         self,
@@ -101,53 +103,44 @@ class Runner:
         self.cache = cache or NoCache()
         self.clock = clock
         self.owner = owner or default_owner()
-        self.deliverer = deliverer or make_deliverer(settings)
-        self.rand = rand
-        self.held: dict[str, Timer] = {}  # claimed and not yet recorded; touched by the main thread only
-        self._outcomes: queue.Queue[tuple[Timer, Outcome]] = queue.Queue()
-        self._unwritten: list[tuple[Timer, Outcome]] = []
-        self._pending: dict[str, asyncio.TimerHandle] = {}  # loop thread only
-        self._inflight: set[asyncio.Task[None]] = set()  # loop thread only
-        self._firing: set[str] = set()  # ids being POSTed; loop thread only
-        self._unrecorded: set[str] = set()  # ids POSTed whose outcome is not in the store yet; loop thread only
-        self._loop = new_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="timerctl-fire", daemon=True)
+        self.held: dict[str, Timer] = {}  # claimed and not yet recorded
+        self._inbox: queue.SimpleQueue[Fired | Offer] = queue.SimpleQueue()
+        self._unwritten: list[Fired] = []  # finished attempts whose write failed: retried first
+        self.firing = Firing(deliverer or make_deliverer(settings), clock, settings.retry, self._inbox.put, rand)
         self._scheduler = schedule.Scheduler()
-        self._store_down = backoff(first=0.5, cap=10.0)
-        self._claim_soon = threading.Event()
-        self.fired = 0
+        self._store_down = backoff(first=0.1, cap=1.0)
+        self._lookahead = settings.lookahead
+        self.watchdog = Watchdog()
         # Read when scraped, so the firing path pays nothing for these two gauges.
         metrics.HELD.set_function(lambda: len(self.held))
-        metrics.IN_FLIGHT.set_function(lambda: len(self._firing))
+        metrics.IN_FLIGHT.set_function(self.firing.posting)
 
-    def wake(self) -> None:
-        """Ask the main loop to claim now (thread-safe): new near-term timers are in the store."""
-        self._claim_soon.set()
+    @property
+    def deliverer(self) -> Deliverer:
+        return self.firing.deliverer
 
-    # -- main thread ------------------------------------------------------------------------------
+    def offer(self, timers: list[Timer]) -> None:
+        """Near-term creates to store and claim now (thread-safe: the Kafka feed calls it)."""
+        self._inbox.put(Offer(timers))
 
     def run(self, stop: StopFlag | None = None, burst: bool = False) -> int:
-        """Fire timers until ``stop`` is set (or, with ``burst``, until nothing is due); returns exit code 0."""
+        """Fire timers until ``stop`` is set, or with ``burst`` those due now and no others; returns exit code 0."""
         stop = StopFlag() if stop is None else stop
-        # The firing thread must not wait the default 5 ms for the GIL while the main thread parses a
-        # claim batch: that wait would show up directly as lateness.
+        # The firing thread must not wait the default 5 ms for the GIL while this thread parses a claim
+        # batch: that wait would show up directly as lateness.
         sys.setswitchinterval(SWITCH_INTERVAL)
-        self._thread.start()
-        asyncio.run_coroutine_threadsafe(self.deliverer.start(), self._loop).result()
+        self.firing.start()
+        if burst:
+            self._lookahead = timedelta(0)  # what is due at the clock's now: a test's clock decides
         _every(self._scheduler, self.settings.poll_interval).do(self.claim)
-        _every(self._scheduler, max(0.5, self.settings.lease / 3)).do(self.renew)
-        watchdog = int(os.environ.get("WATCHDOG_USEC", "0") or 0)
-        if watchdog:
-            _every(self._scheduler, watchdog / 2e6).do(notify, "WATCHDOG=1")
+        _every(self._scheduler, self.settings.lease / RENEWALS_PER_LEASE).do(self.renew)
         log.info("runner %s started", self.owner, extra={"event": "runner_started"})
         notify("READY=1")
         try:
             self.claim()
             while not stop:
+                self.watchdog.ping()  # from this loop: a loop that stops turning stops the pings
                 self._scheduler.run_pending()
-                if self._claim_soon.is_set():
-                    self._claim_soon.clear()
-                    self.claim()
                 self.flush(timeout=min(0.05, max(0.0, self._scheduler.idle_seconds or 0.05)), linger=FLUSH_LINGER)
                 if burst and not self.held and self.claim() == 0:
                     break
@@ -156,26 +149,20 @@ class Runner:
         return 0
 
     def claim(self) -> int:
-        """Claim what falls due within the lookahead window and hand it to the loop; returns how many."""
+        """Claim what falls due within the lookahead and hand it to the firing loop; returns how many."""
         total = 0
         while len(self.held) < MAX_HELD:
             now = self.clock()
             limit = min(self.settings.claim_batch, MAX_HELD - len(self.held))
             try:
-                timers = self.store.claim_due(
-                    self.owner,
-                    now,
-                    now + timedelta(seconds=self.settings.lookahead),
-                    now + timedelta(seconds=self.settings.lease),
-                    limit,
-                )
+                timers = self.store.claim_due(self.owner, now, now + self._lookahead, now + self.settings.lease, limit)
             except BackendUnavailable as exc:
                 self._store_unavailable(exc)
                 return total
             for timer in timers:
                 self.held[timer.timer_id] = timer
             if timers:
-                self._loop.call_soon_threadsafe(self._schedule_fire, timers)
+                self.firing.hand(timers)
                 self.cache.put_many(timers, now)
             total += len(timers)
             if len(timers) < limit:
@@ -183,63 +170,90 @@ class Runner:
         return total
 
     def renew(self) -> None:
-        """Extend the leases of held timers; forget (and do not fire) any whose lease was lost."""
-        if not self.held:
-            return
+        """Extend every lease this runner holds (one store call); drop the timers whose lease was lost.
+
+        The store may also name timers this runner does not know it holds: a claim that was written but
+        whose answer never came back (the connection broke). Those are handed back at once, or their
+        leases would be renewed for as long as the runner lives and they would never fire.
+        """
         try:
-            kept = self.store.renew(self.owner, list(self.held), self.clock() + timedelta(seconds=self.settings.lease))
+            kept = self.store.renew(self.owner, self.clock() + self.settings.lease)
         except BackendUnavailable as exc:
             self._store_unavailable(exc)
             return
         lost = [tid for tid in self.held if tid not in kept]
         for tid in lost:
             log.warning("lease on %s lost; another runner owns it now", tid, extra={"timer_id": tid})
-            self.held.pop(tid, None)
+            del self.held[tid]
         if lost:
-            self._loop.call_soon_threadsafe(self._unschedule, lost)
+            self.firing.drop(lost)
+        unknown = [tid for tid in kept if tid not in self.held]
+        if unknown:
+            log.warning("handing back %d claims whose answer was lost", len(unknown), extra={"event": "orphans"})
+            try:
+                self.store.release(self.owner, unknown)
+            except BackendUnavailable as exc:
+                self._store_unavailable(exc)  # their leases lapse instead
 
     def flush(self, timeout: float = 0.0, linger: float = 0.0) -> int:
-        """Write finished attempts to the store in one batch; returns how many were recorded.
+        """Serve the inbox: store offered timers, then write finished attempts in one batch; how many written.
 
-        Waits up to ``timeout`` for the first outcome, then ``linger`` for more to join it: one commit
-        (and one wake-up of the firing loop) per batch instead of per delivery.
+        Waits up to ``timeout`` for the first item, then ``linger`` for more to join it: one commit (and one
+        wake-up of the firing loop) per batch instead of per delivery.
         """
-        batch = self._unwritten
+        items: list[Fired | Offer] = []
         try:
-            batch.append(self._outcomes.get(timeout=timeout) if timeout > 0 else self._outcomes.get_nowait())
+            items.append(self._inbox.get(timeout=timeout) if timeout > 0 else self._inbox.get_nowait())
             if linger > 0:
                 time.sleep(linger)
             while True:
-                batch.append(self._outcomes.get_nowait())
+                items.append(self._inbox.get_nowait())
         except queue.Empty:
             pass
-        if not batch:
-            return 0
+        offered = [timer for item in items if isinstance(item, Offer) for timer in item.timers]
+        if offered:
+            self._store_offered(offered)
+        self._unwritten.extend(item for item in items if isinstance(item, Fired))
+        return self._record() if self._unwritten else 0
+
+    def _store_offered(self, timers: list[Timer]) -> None:
         try:
-            recorded: set[str] = set(self.store.complete(self.owner, [o for _, o in batch]))
+            self.store.insert_many(timers)
         except BackendUnavailable as exc:
-            self._unwritten = batch  # kept in memory and retried; the leases keep others off them
+            # The persisting consumer stores them too; they are claimed from there once the store is back.
             self._store_unavailable(exc)
+            return
+        self.claim()
+
+    def _record(self) -> int:
+        batch = self._unwritten
+        try:
+            recorded = set(self.store.complete(self.owner, [fired.outcome for fired in batch]))
+        except BackendUnavailable as exc:
+            self._store_unavailable(exc)  # kept and retried; the leases keep others off them
             return 0
         self._unwritten = []
-        self._loop.call_soon_threadsafe(self._unrecorded.difference_update, [t.timer_id for t, _ in batch])
-        for timer, _ in batch:
-            self.held.pop(timer.timer_id, None)
+        self._store_down = backoff(first=0.1, cap=1.0)
+        self.firing.recorded([fired.timer.timer_id for fired in batch])
+        for fired in batch:
+            self.held.pop(fired.timer.timer_id, None)
         if not isinstance(self.cache, NoCache):  # rebuilding each Timer for nothing cost the hot path
-            updated = [_apply(timer, outcome) for timer, outcome in batch if timer.timer_id in recorded]
-            self.cache.put_many(updated, self.clock())
-        self._store_down = backoff(first=0.5, cap=10.0)
+            done = [f.outcome.apply(f.timer) for f in batch if f.timer.timer_id in recorded]
+            self.cache.put_many(done, self.clock())
+        if log.isEnabledFor(logging.INFO):
+            for fired in batch:
+                _log_attempt(fired, fired.timer.timer_id in recorded)
         return len(recorded)
 
     def _store_unavailable(self, exc: Exception) -> None:
         delay = next(self._store_down)
         log.error("store unavailable, retrying in %.1fs: %s", delay, exc, extra={"event": "store_down"})
-        time.sleep(min(delay, 1.0))
+        time.sleep(delay)
 
     def _drain(self, stop: StopFlag) -> None:
         """Stop in order: release unstarted claims, let in-flight POSTs finish (bounded), record, close."""
         notify("STOPPING=1")
-        unstarted = asyncio.run_coroutine_threadsafe(self._take_unstarted(), self._loop).result()
+        unstarted = self.firing.take_unstarted()
         if unstarted:
             try:
                 self.store.release(self.owner, unstarted)
@@ -247,109 +261,41 @@ class Runner:
                 log.error("could not release %d claims (their leases will expire): %s", len(unstarted), exc)
             for tid in unstarted:
                 self.held.pop(tid, None)
-        deadline = time.monotonic() + self.settings.drain_timeout
+        deadline = time.monotonic() + self.settings.drain_timeout.total_seconds()
         while self.held and not stop.forced.is_set() and time.monotonic() < deadline:
             self.flush(timeout=0.1)
         if self.held:
             log.warning(
                 "%d deliveries still in flight at exit; their leases expire and another runner retries", len(self.held)
             )
-        asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop).result(timeout=10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(timeout=10)
-        if not self._thread.is_alive():
-            self._loop.close()
+        self.firing.close()
         self._scheduler.clear()
         log.info("runner %s stopped", self.owner, extra={"event": "runner_stopped"})
 
-    # -- event loop thread ------------------------------------------------------------------------
 
-    def _schedule_fire(self, timers: list[Timer]) -> None:
-        now = self.clock()
-        for timer in timers:
-            tid = timer.timer_id
-            if tid in self._pending or tid in self._firing or tid in self._unrecorded:
-                # A re-claim of our own (its lease lapsed while the store was slow or down) must not start a
-                # second POST: the one made is recorded by the next flush, which the new lease lets through.
-                continue
-            delay = max(0.0, (timer.due_at - now).total_seconds())
-            self._pending[timer.timer_id] = self._loop.call_later(delay, self._fire, timer)
+def _log_attempt(fired: Fired, recorded: bool) -> None:
+    """The per-delivery log line, written once the outcome is stored (off the firing thread).
 
-    def _unschedule(self, timer_ids: list[str]) -> None:
-        for tid in timer_ids:
-            handle = self._pending.pop(tid, None)
-            if handle is not None:
-                handle.cancel()
-
-    def _fire(self, timer: Timer) -> None:
-        early = (timer.due_at - self.clock()).total_seconds()
-        if early > 0:  # the loop's timers have millisecond resolution and may wake just before the instant
-            self._pending[timer.timer_id] = self._loop.call_later(early, self._fire, timer)
-            return
-        self._pending.pop(timer.timer_id, None)
-        self._firing.add(timer.timer_id)
-        task = self._loop.create_task(self._deliver(timer))
-        self._inflight.add(task)
-        task.add_done_callback(self._inflight.discard)
-
-    async def _deliver(self, timer: Timer) -> None:
-        attempt = timer.attempts + 1
-        fired_at = utc(self.clock())  # the body's millisecond precision, so the store records the same instant
-        lateness = (fired_at - timer.due_at).total_seconds()
-        metrics.LATENESS.observe(max(0.0, lateness))
-        try:
-            result = await self.deliverer.deliver(timer, attempt, fired_at)
-        except asyncio.CancelledError:
-            # Shutdown past the drain bound: nothing is recorded; the lease lapses and another runner retries.
-            raise
-        except BaseException as exc:
-            # Whatever else escaped ends as a recorded failed attempt (dramatiq's worker discipline): a timer
-            # left held would have its lease renewed for ever, Running with nobody working on it. Signals
-            # reach the main thread only, so nothing here is a request to stop.
-            result = Attempt(False, error=log_unexpected(exc, timer))
-        # Finished records the instant the receiver was sent, not when it answered.
-        outcome = decide(timer, attempt, result, self.clock(), self.settings.retry, self.rand(), fired_at)
-        _count(result.ok, result.duration, outcome.status)
-        if log.isEnabledFor(logging.INFO):
-            log.info(
-                "timer %s attempt %d to %s: %s",
-                timer.timer_id,
-                attempt,
-                redact_url(timer.webhook_url),
-                "delivered" if result.ok else result.error,
-                extra={
-                    "timer_id": timer.timer_id,
-                    "event": "fired",
-                    "lateness": lateness,
-                    "status": outcome.status.value,
-                },
-            )
-        self.fired += 1
-        # Before the outcome is out, so a retry claimed once it is recorded can fire (flush clears the mark).
-        self._firing.discard(timer.timer_id)
-        self._unrecorded.add(timer.timer_id)
-        self._outcomes.put((timer, outcome))
-
-    async def _take_unstarted(self) -> list[str]:
-        ids = list(self._pending)
-        self._unschedule(ids)
-        return ids
-
-    async def _shutdown(self) -> None:
-        for task in list(self._inflight):
-            task.cancel()
-        await self.deliverer.aclose()
-
-
-_FIRED = {True: metrics.FIRED.labels(result="ok"), False: metrics.FIRED.labels(result="error")}
-_ENDED = {Status.FINISHED: metrics.FINISHED, Status.FAILED: metrics.FAILED}
-
-
-def _count(ok: bool, duration: float, status: Status) -> None:
-    """Record one attempt in the Prometheus metrics."""
-    metrics.DELIVERY.observe(duration)
-    _FIRED[ok].inc()
-    _ENDED.get(status, metrics.RETRIED).inc()
+    Written after the fact, so it carries when the attempt started (``fired_at``) and how long it took
+    (``duration``, seconds): the line's own time is when it was recorded, a batch later.
+    """
+    timer, outcome, attempt = fired.timer, fired.outcome, fired.attempt
+    log.info(
+        "timer %s attempt %d to %s: %s%s",
+        timer.timer_id,
+        outcome.attempts,
+        redact_url(timer.webhook_url),
+        "delivered" if attempt.ok else attempt.error,
+        "" if recorded else " (not recorded: the lease was lost)",
+        extra={
+            "timer_id": timer.timer_id,
+            "event": "fired",
+            "fired_at": format_instant(fired.fired_at),
+            "duration": round(attempt.duration, 6),
+            "lateness": fired.lateness,
+            "status": outcome.status.value,
+        },
+    )
 
 
 def _quiet_gc() -> None:
@@ -367,29 +313,14 @@ def _quiet_gc() -> None:
     gc.set_threshold(GC_THRESHOLD, 20, 100)
 
 
-def _every(scheduler: schedule.Scheduler, seconds: float) -> schedule.Job:
-    """A job every ``seconds``; schedule is typed for ints but builds a timedelta, so fractions work."""
-    job: schedule.Job = scheduler.every(seconds).seconds  # type: ignore[arg-type]
+def _every(scheduler: schedule.Scheduler, period: timedelta) -> schedule.Job:
+    """A job every ``period``; schedule is typed for ints but builds a timedelta, so fractions work."""
+    job: schedule.Job = scheduler.every(period.total_seconds()).seconds  # type: ignore[arg-type]
     return job
-
-
-def _apply(timer: Timer, outcome: Outcome) -> Timer:
-    """``timer`` as the store now has it after ``outcome`` (for the cache)."""
-    return replace(
-        timer,
-        status=outcome.status,
-        attempts=outcome.attempts,
-        fired_at=outcome.fired_at,
-        last_error=outcome.last_error,
-        due_at=outcome.due_at or timer.due_at,
-        lease_owner=None,
-        lease_until=None,
-    )
 
 
 def serve(settings: Settings, stop: StopFlag, store: Store | None = None, cache: Cache | None = None) -> int:
     """The ``timerctl serve runner`` entry: open the backends, run until stopped, close them."""
-    from timerctl.service import open_cache
     from timerctl.stores import open_store
 
     store = store or open_store(settings)
@@ -400,8 +331,8 @@ def serve(settings: Settings, stop: StopFlag, store: Store | None = None, cache:
     if settings.kafka_bootstrap:
         from timerctl.daemons.feed import NearTermFeed
 
-        window = timedelta(seconds=max(10.0, 2 * settings.lookahead))
-        feed_thread = NearTermFeed(settings, store, runner.clock, runner.wake, window).start(stop)
+        window = max(timedelta(seconds=10), 2 * settings.lookahead)
+        feed_thread = NearTermFeed(settings, runner.clock, runner.offer, window).start(stop)
     try:
         return runner.run(stop)
     finally:

@@ -11,11 +11,8 @@ from timerctl.model import Timer
 class Queue(Protocol):
     """A path from the client to the store: straight in (embedded) or through Kafka."""
 
-    #: True when ``submit`` writes the store itself, so its result is the stored timer.
-    direct: bool
-
-    def submit(self, timers: Sequence[Timer]) -> list[Timer]:
-        """Hand the timers over durably; returns once acknowledged (the stored copies when direct).
+    def submit(self, timers: Sequence[Timer]) -> None:
+        """Hand the timers over durably (an id already stored keeps its first write); returns once acknowledged.
 
         Raises BackendUnavailable when the path is down; nothing is then acknowledged.
         """
@@ -32,6 +29,10 @@ class Queue(Protocol):
 
     def submit_cancel(self, timer_id: str) -> None:
         """Publish a cancel so it stays ordered after the timer's create (no-op when direct)."""
+        ...
+
+    def ping(self) -> None:
+        """Raise BackendUnavailable when the path cannot be reached (nothing to reach when direct)."""
         ...
 
     def close(self) -> None: ...

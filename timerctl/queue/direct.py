@@ -11,22 +11,20 @@ from timerctl.stores.base import Store
 class DirectQueue:
     """Queue that inserts into ``store`` at once (first write wins, like the Kafka consumer)."""
 
-    direct = True
-
     def __init__(self, store: Store) -> None:
         self.store = store
 
-    def submit(self, timers: Sequence[Timer]) -> list[Timer]:
-        if len(timers) == 1:
-            return [self.store.insert(timers[0])[0]]
+    def submit(self, timers: Sequence[Timer]) -> None:
         self.store.insert_many(timers)
-        return list(timers)
 
     def submit_one(self, timer: Timer) -> tuple[Timer, bool]:
         return self.store.insert(timer)
 
     def submit_cancel(self, timer_id: str) -> None:
         return None
+
+    def ping(self) -> None:
+        return None  # the store is the part to ping, and is pinged as such
 
     def close(self) -> None:
         return None

@@ -31,6 +31,7 @@ from confluent_kafka import KafkaError, KafkaException, Producer
 from confluent_kafka import Message as KafkaMessage
 
 from timerctl.model import BackendUnavailable, InvalidInput, Status, Timer, validate_timer_id
+from timerctl.redaction import one_line
 
 WIRE_VERSION = 1
 DLQ_SUFFIX = ".dlq"
@@ -195,14 +196,9 @@ def encode_dead_letter(reason: str, topic: str, partition: int, offset: int, val
     return json.dumps(letter, separators=(",", ":"), ensure_ascii=True).encode()
 
 
-def _one_line(exc: BaseException) -> str:
-    name, text = type(exc).__name__, " ".join(str(exc).split())
-    return text if text.startswith(name) else f"{name}: {text}" if text else name
-
-
 def unavailable(bootstrap: str, cause: BaseException | str) -> BackendUnavailable:
     """The BackendUnavailable for a failed exchange with the broker at ``bootstrap``: one line."""
-    reason = cause if isinstance(cause, str) else _one_line(cause)
+    reason = cause if isinstance(cause, str) else one_line(cause)
     return BackendUnavailable(f"Kafka at {bootstrap} is unavailable ({reason})")
 
 
@@ -291,8 +287,6 @@ class RecordProducer:
 class KafkaQueue:
     """Queue publishing creates and cancels to ``topic``; the consumer daemon writes them to the store."""
 
-    direct = False
-
     def __init__(self, bootstrap: str, topic: str) -> None:
         self.bootstrap = bootstrap
         self.topic = topic
@@ -309,8 +303,8 @@ class KafkaQueue:
         """Send every (key, value) and return once the broker acknowledged all of them."""
         self._connect().publish(self.topic, ((key, value, None) for key, value in records))
 
-    def submit(self, timers: Sequence[Timer]) -> list[Timer]:
-        """The timers, once every create record is acknowledged by all in-sync replicas.
+    def submit(self, timers: Sequence[Timer]) -> None:
+        """Return once every create record is acknowledged by all in-sync replicas.
 
         On BackendUnavailable the records of earlier chunks (and some of the failed one) may already be
         published; submitting them again is harmless, as the consumer keeps the first write of an id.
@@ -320,7 +314,6 @@ class KafkaQueue:
         for start in range(0, len(timers), SUBMIT_CHUNK):
             chunk = timers[start : start + SUBMIT_CHUNK]
             self._publish((record_key(t.timer_id), encode_create(t)) for t in chunk)
-        return list(timers)
 
     def submit_one(self, timer: Timer) -> tuple[Timer, bool]:
         """``(timer, True)`` once its create record is acknowledged: only the consumer knows if it was new."""

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from timerctl.config import Settings
-from timerctl.stores.base import Outcome, Store
+from timerctl.stores.base import Store
 
-__all__ = ["Outcome", "Store", "open_store"]
+__all__ = ["Store", "open_store"]
 
 
 def open_store(settings: Settings) -> Store:

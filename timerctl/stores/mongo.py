@@ -9,11 +9,9 @@ the tolerant ``rows.decode_row``: a corrupt one reads as a Failed timer and is n
 
 from __future__ import annotations
 
-import builtins
-import logging
 import warnings
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any, cast
 from urllib.parse import unquote_plus
@@ -29,20 +27,10 @@ from pymongo.errors import (
     OperationFailure,
 )
 
-from timerctl.model import (
-    BackendUnavailable,
-    InvalidInput,
-    NotFound,
-    Status,
-    Timer,
-    cancel,
-    encode_payload,
-    utc,
-)
-from timerctl.stores.base import Outcome
-from timerctl.stores.rows import decode_row, status_of
-
-log = logging.getLogger(__name__)
+from timerctl.model import BackendUnavailable, InvalidInput, Outcome, Status, Timer, encode_payload, utc
+from timerctl.redaction import one_line
+from timerctl.stores.base import StoreBase
+from timerctl.stores.rows import TIMER_FIELDS, Decoded, changed_fields, decode_row
 
 DEFAULT_DATABASE = "timerctl"
 COLLECTION = "timers"
@@ -50,6 +38,7 @@ _DUPLICATE_KEY = 11000
 _ACCESS_DENIED = frozenset({13, 18})  # Unauthorized, AuthenticationFailed: wrong or missing credentials
 _SCHEDULED = Status.SCHEDULED.value
 _RUNNING = Status.RUNNING.value
+_AFTER = ReturnDocument.AFTER
 
 Document = dict[str, Any]
 
@@ -85,6 +74,7 @@ def _doc(timer: Timer) -> Document:
 #: A document's fields in ``Timer``'s order, as ``decode_row`` takes them.
 _FIELDS = ("timerId", "webhookUrl", "expiryTime", "createdAt", "status", "payload")
 _LATER_FIELDS = ("firedAt", "lastError", "dueAt", "leaseOwner", "leaseUntil")
+_KEY_OF = dict(zip(TIMER_FIELDS, (*_FIELDS, "attempts", *_LATER_FIELDS), strict=True))
 
 
 def _stored_instant(value: Any) -> datetime:
@@ -93,7 +83,7 @@ def _stored_instant(value: Any) -> datetime:
     return _instant(value)
 
 
-def _decode(doc: Document) -> tuple[Timer, str | None]:
+def _decode(doc: Document) -> Decoded:
     """The Timer of a document and None, or a Failed Timer and what is corrupt in the document."""
     values = [doc.get(k) for k in _FIELDS] + [doc.get("attempts", 0)] + [doc.get(k) for k in _LATER_FIELDS]
     return decode_row(values, _stored_instant)
@@ -119,11 +109,10 @@ def _mask(text: str, uri: str) -> str:
 
 def _one_line(exc: Exception) -> str:
     """The driver's message cut to its first clause (server selection errors append a topology dump)."""
-    text = str(exc).split(", Timeout:")[0].splitlines()
-    return (text[0] if text else type(exc).__name__)[:200]
+    return one_line(str(exc).split(", Timeout:")[0].split("\n")[0] or type(exc).__name__, limit=200)
 
 
-class MongoStore:
+class MongoStore(StoreBase):
     """Store on a MongoDB database (collection ``timers``, indexes created on first use)."""
 
     def __init__(self, client: MongoClient[Any] | Database[Any], database: str = DEFAULT_DATABASE) -> None:
@@ -141,9 +130,12 @@ class MongoStore:
         self._timers: Collection[Document] = db[COLLECTION]
         with self._guard():
             self._timers.create_index("timerId", unique=True)
-            self._timers.create_index([("status", ASCENDING), ("dueAt", ASCENDING)])  # claims, next_due
+            self._timers.create_index([("status", ASCENDING), ("dueAt", ASCENDING)])  # claims
             self._timers.create_index([("status", ASCENDING), ("leaseUntil", ASCENDING)])  # lease expiry
-            self._timers.create_index([("expiryTime", ASCENDING), ("timerId", ASCENDING)])  # list
+            self._timers.create_index([("expiryTime", ASCENDING), ("timerId", ASCENDING)])  # find
+            # renew: only Running timers hold a lease, so only they are indexed (a query must name
+            # status Running for the server to use a partial index).
+            self._timers.create_index("leaseOwner", partialFilterExpression={"status": _RUNNING})
 
     @classmethod
     def from_uri(cls, uri: str, timeout: float = 5.0) -> MongoStore:
@@ -193,51 +185,53 @@ class MongoStore:
         except ConnectionFailure as exc:
             raise BackendUnavailable(f"MongoDB store {self.database} is unavailable: {_one_line(exc)}") from exc
 
-    def insert(self, timer: Timer) -> tuple[Timer, bool]:
-        new = False
+    def _get(self, timer_id: str) -> Decoded | None:
         with self._guard():
-            # DuplicateKeyError: a concurrent insert of the same id won the race; return that one.
-            with suppress(DuplicateKeyError):
+            doc = self._timers.find_one({"timerId": timer_id})
+        return _decode(doc) if doc is not None else None
+
+    def _insert_new(self, timer: Timer) -> bool:
+        with self._guard():
+            try:
                 result = self._timers.update_one(
                     {"timerId": timer.timer_id}, {"$setOnInsert": _doc(timer)}, upsert=True
                 )
-                new = result.upserted_id is not None  # None when the filter matched an existing timer
-            doc = self._timers.find_one({"timerId": timer.timer_id})
-        if doc is None:
-            raise BackendUnavailable(f"MongoDB store {self.database} lost timer {timer.timer_id} just inserted")
-        return _timer(doc), new
+            except DuplicateKeyError:  # a concurrent upsert of the same id won the race
+                return False
+        return result.upserted_id is not None  # None when the filter matched an existing timer
 
-    def insert_many(self, timers: Sequence[Timer]) -> int:
+    def _swap(self, old: Timer, new: Timer) -> bool:
+        # null in a filter matches a missing field too, as _decode reads one; an absent attempts reads 0.
+        state: Document = {
+            "timerId": old.timer_id,
+            "status": old.status.value,
+            "leaseOwner": old.lease_owner,
+            "leaseUntil": _maybe(old.lease_until),
+            "attempts": old.attempts if old.attempts else {"$in": [0, None]},
+            "dueAt": utc(old.due_at),
+        }
+        doc = _doc(new)
+        changes = {_KEY_OF[name]: doc[_KEY_OF[name]] for name in changed_fields(old, new)}
+        with self._guard():
+            return self._timers.update_one(state, {"$set": changes}).matched_count == 1
+
+    def _insert_many(self, timers: Sequence[Timer]) -> int:
         """How many of ``timers`` were new; the others are left as stored (first write wins).
 
         Unlike SQLite this is not one transaction (that would need a replica set): an unordered insert
         relying on the unique ``timerId`` index, so a batch cut short by a failure converges when retried.
         A plain insert rather than upserts because mongomock's bulk_write rejects current pymongo's UpdateOne.
         """
-        # An unordered insert may apply a batch in any order, so repeats within it are dropped here.
-        first: dict[str, Timer] = {}
-        for timer in timers:
-            first.setdefault(timer.timer_id, timer)
-        if not first:
-            return 0
         with self._guard():
             try:
-                docs = [_doc(t) for t in first.values()]
-                return len(self._timers.insert_many(docs, ordered=False).inserted_ids)
+                return len(self._timers.insert_many([_doc(t) for t in timers], ordered=False).inserted_ids)
             except BulkWriteError as exc:
                 errors = exc.details.get("writeErrors", [])
                 if any(e.get("code") != _DUPLICATE_KEY for e in errors):
                     raise
                 return int(exc.details.get("nInserted", 0))
 
-    def get(self, timer_id: str) -> Timer | None:
-        with self._guard():
-            doc = self._timers.find_one({"timerId": timer_id})
-        return _timer(doc) if doc is not None else None
-
-    def list(self, status: Status | None = None, limit: int = 100, due_before: datetime | None = None) -> list[Timer]:
-        if limit <= 0:
-            return []  # pymongo reads limit 0 as "no limit"
+    def _find(self, status: Status | None, limit: int, due_before: datetime | None) -> list[Timer]:
         query: Document = {}
         if status is not None:
             query["status"] = status.value
@@ -247,39 +241,7 @@ class MongoStore:
             cursor = self._timers.find(query, sort=[("expiryTime", ASCENDING), ("timerId", ASCENDING)], limit=limit)
             return [_timer(d) for d in cursor]
 
-    def cancel(self, timer_id: str, fallback: Timer | None = None) -> Timer:
-        if fallback is not None and fallback.timer_id != timer_id:
-            raise ValueError(f"fallback is timer {fallback.timer_id}, not {timer_id}")
-        with self._guard():
-            # Each pass reads, applies the model's rule, then writes only if the state is still the one
-            # read; a pass repeats only when another process changed the timer in between.
-            while True:
-                doc = self._timers.find_one({"timerId": timer_id})
-                if doc is None:
-                    if fallback is None:
-                        raise NotFound(timer_id)
-                    tombstone = cancel(fallback)
-                    try:
-                        done = self._timers.update_one(
-                            {"timerId": timer_id}, {"$setOnInsert": _doc(tombstone)}, upsert=True
-                        )
-                    except DuplicateKeyError:
-                        continue
-                    if done.upserted_id is not None:
-                        return tombstone
-                    continue  # the create landed meanwhile: cancel that one instead
-                cancel(_timer(doc))  # Conflict naming the status when it is not Scheduled
-                after = self._timers.find_one_and_update(
-                    {"timerId": timer_id, "status": _SCHEDULED},
-                    {"$set": {"status": Status.CANCELLED.value, "leaseOwner": None, "leaseUntil": None}},
-                    return_document=ReturnDocument.AFTER,
-                )
-                if after is not None:
-                    return _timer(after)
-
-    def claim_due(
-        self, owner: str, now: datetime, until: datetime, lease_until: datetime, limit: int
-    ) -> builtins.list[Timer]:
+    def _claim(self, owner: str, now: datetime, until: datetime, lease_until: datetime, limit: int) -> list[Timer]:
         """The timers claimed for ``owner``, oldest due first.
 
         One ``find_one_and_update`` per timer, not ``update_many``: update_many takes neither a sort nor
@@ -287,7 +249,6 @@ class MongoStore:
         between. Each find_one_and_update is atomic on its document, so when two runners race for a timer
         exactly one of them gets it back.
         """
-        claimed: builtins.list[Timer] = []
         due = {
             "$or": [
                 {"status": _SCHEDULED, "dueAt": {"$lte": utc(until)}},
@@ -295,64 +256,62 @@ class MongoStore:
                 {"status": _RUNNING, "leaseUntil": None},  # no lease to wait out (null or missing)
             ]
         }
-        with self._guard():
-            while len(claimed) < limit:
+        lease = {"$set": {"status": _RUNNING, "leaseOwner": owner, "leaseUntil": utc(lease_until)}}
+
+        def claims() -> Iterator[tuple[Any, Decoded]]:
+            taken: list[Any] = []
+            sound = 0
+            while sound < limit:
                 # Excluding what this call already took keeps a lease_until in the past from looping.
-                query = {**due, "timerId": {"$nin": [t.timer_id for t in claimed]}}
                 doc = self._timers.find_one_and_update(
-                    query,
-                    {"$set": {"status": _RUNNING, "leaseOwner": owner, "leaseUntil": utc(lease_until)}},
-                    sort=[("dueAt", ASCENDING)],
-                    return_document=ReturnDocument.AFTER,
+                    {**due, "_id": {"$nin": taken}}, lease, sort=[("dueAt", ASCENDING)], return_document=_AFTER
                 )
                 if doc is None:
-                    break
-                timer, corruption = _decode(doc)
-                if corruption is None:
-                    claimed.append(timer)
-                    continue
-                # Failed by the same owner that holds it: a runner must never get it, now or after a
-                # restart. Should this process die in between, the lease lapses and the next claim does it.
-                self._timers.update_one(
-                    {"_id": doc["_id"], "status": _RUNNING, "leaseOwner": owner},
-                    {"$set": {"status": Status.FAILED.value, "lastError": timer.last_error, **_NO_LEASE}},
-                )
-                log.warning("timer %s marked Failed: %s", timer.timer_id, timer.last_error)
-        return sorted(claimed, key=lambda t: (t.due_at, t.timer_id))
+                    return
+                taken.append(doc["_id"])
+                decoded = _decode(doc)
+                sound += decoded[1] is None
+                yield doc["_id"], decoded
 
-    def renew(self, owner: str, timer_ids: Sequence[str], lease_until: datetime) -> set[str]:
-        if not timer_ids:
-            return set()
-        until = utc(lease_until)
-        held = {"status": _RUNNING, "leaseOwner": owner, "timerId": {"$in": list(timer_ids)}}
+        def fail(key: Any, timer: Timer) -> None:
+            # Failed by the same owner that holds it. Should this process die before this write, the
+            # lease lapses and the next claim fails it.
+            self._timers.update_one(
+                {"_id": key, "status": _RUNNING, "leaseOwner": owner},
+                {"$set": {"status": Status.FAILED.value, "lastError": timer.last_error, **_NO_LEASE}},
+            )
+
         with self._guard():
-            self._timers.update_many(held, {"$set": {"leaseUntil": until}})
-            # A takeover, before the update or after it, changes leaseOwner, so the read-back leaves
-            # that timer out: what it finds is exactly what this owner still holds.
-            docs = self._timers.find(held, projection={"timerId": True})
-            return {d["timerId"] for d in docs}
+            return self._keep_sound(claims(), fail)
 
-    def release(self, owner: str, timer_ids: Sequence[str]) -> int:
-        if not timer_ids:
-            return 0
+    def renew(self, owner: str, lease_until: datetime) -> set[str]:
+        held = {"status": _RUNNING, "leaseOwner": owner}  # served by the partial index on leaseOwner
+        with self._guard():
+            self._timers.update_many(held, {"$set": {"leaseUntil": utc(lease_until)}})
+            # update_many returns counts, not documents, hence the read-back. A takeover, before the
+            # update or after it, changes leaseOwner, so the read leaves that timer out: what it finds is
+            # exactly what this owner holds now.
+            return {d["timerId"] for d in self._timers.find(held, projection={"timerId": True, "_id": False})}
+
+    def _release(self, owner: str, timer_ids: Sequence[str]) -> int:
         with self._guard():
             result = self._timers.update_many(
                 {"status": _RUNNING, "leaseOwner": owner, "timerId": {"$in": list(timer_ids)}},
-                {"$set": {"status": _SCHEDULED, "leaseOwner": None, "leaseUntil": None}},
+                {"$set": {"status": _SCHEDULED, **_NO_LEASE}},
             )
         return result.modified_count
 
-    def complete(self, owner: str, outcomes: Sequence[Outcome]) -> builtins.list[str]:
-        recorded: builtins.list[str] = []
+    def _complete(self, owner: str, outcomes: Sequence[Outcome]) -> list[str]:
+        recorded: list[str] = []
         with self._guard():
             for o in outcomes:
+                # Outcome.apply's fields: a retry without a due_at keeps the timer's due.
                 changes: Document = {
                     "status": o.status.value,
                     "attempts": o.attempts,
                     "firedAt": _maybe(o.fired_at),
                     "lastError": o.last_error,
-                    "leaseOwner": None,
-                    "leaseUntil": None,
+                    **_NO_LEASE,
                 }
                 if o.due_at is not None:
                     changes["dueAt"] = utc(o.due_at)
@@ -363,20 +322,10 @@ class MongoStore:
                     recorded.append(o.timer_id)
         return recorded
 
-    def next_due(self) -> datetime | None:
-        # Only dates: null, numbers and strings sort before them, and a corrupt dueAt is never due.
-        query = {"status": _SCHEDULED, "dueAt": {"$type": "date"}}
+    def _count_statuses(self) -> list[tuple[Any, int]]:
         with self._guard():
-            doc = self._timers.find_one(query, {"dueAt": True}, sort=[("dueAt", ASCENDING)])
-        return _instant(doc["dueAt"]) if doc is not None else None
-
-    def counts(self) -> dict[Status, int]:
-        with self._guard():
-            rows = list(self._timers.aggregate([{"$group": {"_id": "$status", "n": {"$sum": 1}}}]))
-        counted = dict.fromkeys(Status, 0)
-        for row in rows:
-            counted[status_of(row["_id"])] += int(row["n"])  # a status no Timer has reads, and counts, as Failed
-        return counted
+            rows = self._timers.aggregate([{"$group": {"_id": "$status", "n": {"$sum": 1}}}])
+            return [(row["_id"], int(row["n"])) for row in rows]
 
     def ping(self) -> None:
         with self._guard():

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
+from dataclasses import fields
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -29,6 +30,10 @@ _BAD = (TypeError, ValueError, KeyError, OverflowError, RecursionError, Attribut
 _MAX_ERROR = 500
 
 T = TypeVar("T")
+#: A decoded row: its Timer and None, or a corrupt row's Failed Timer and what is corrupt.
+Decoded = tuple[Timer, str | None]
+#: Timer's fields in order: the order of every backend's stored fields, as ``decode_row`` takes them.
+TIMER_FIELDS = tuple(f.name for f in fields(Timer))
 
 
 def _shown(value: Any) -> str:
@@ -73,12 +78,17 @@ def _payload(value: Any) -> Any:
         raise ValueError("is JSON nested too deeply") from None
 
 
+def changed_fields(old: Timer, new: Timer) -> list[str]:
+    """The names of the fields ``new`` changes: all a compare-and-set rewrites, the rest left as stored."""
+    return [name for name in TIMER_FIELDS if getattr(old, name) != getattr(new, name)]
+
+
 def status_of(value: Any) -> Status:
     """The Status a stored status value counts as: a value that is no status counts as Failed, as it reads."""
     return _STATUSES.get(value, Status.FAILED) if isinstance(value, str) else Status.FAILED
 
 
-def decode_row(values: Sequence[Any], instant: Callable[[Any], datetime]) -> tuple[Timer, str | None]:
+def decode_row(values: Sequence[Any], instant: Callable[[Any], datetime]) -> Decoded:
     """The Timer in a stored row, and None; or, for a corrupt row, a Failed Timer and what is corrupt.
 
     ``values`` are the stored fields in ``Timer``'s order (id, URL, expiry, created, status, payload,
@@ -118,7 +128,7 @@ def decode_row(values: Sequence[Any], instant: Callable[[Any], datetime]) -> tup
     return _field_by_field(values, instant)
 
 
-def _field_by_field(values: Sequence[Any], instant: Callable[[Any], datetime]) -> tuple[Timer, str | None]:
+def _field_by_field(values: Sequence[Any], instant: Callable[[Any], datetime]) -> Decoded:
     """``decode_row`` one field at a time: each undecodable field is named and given a placeholder."""
     (tid, url, expiry, created, status, payload, attempts, fired, error, due, owner, lease) = values
     problems: list[str] = []

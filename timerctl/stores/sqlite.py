@@ -12,8 +12,6 @@ its owner chose (``doctor`` warns when others can read it). Rows are decoded thr
 
 from __future__ import annotations
 
-import builtins
-import logging
 import os
 import sqlite3
 import threading
@@ -23,11 +21,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from timerctl.model import BackendUnavailable, NotFound, Status, Timer, cancel, encode_payload, utc
-from timerctl.stores.base import Outcome
-from timerctl.stores.rows import decode_row, status_of
-
-log = logging.getLogger(__name__)
+from timerctl.model import BackendUnavailable, Outcome, Status, Timer, encode_payload, utc
+from timerctl.stores.base import StoreBase
+from timerctl.stores.rows import TIMER_FIELDS, Decoded, changed_fields, decode_row
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS timers (
@@ -47,12 +43,19 @@ CREATE TABLE IF NOT EXISTS timers (
 CREATE INDEX IF NOT EXISTS timers_due ON timers (status, due_ms);
 CREATE INDEX IF NOT EXISTS timers_lease ON timers (status, lease_until_ms);
 CREATE INDEX IF NOT EXISTS timers_expiry ON timers (expiry_ms);
+CREATE INDEX IF NOT EXISTS timers_owner ON timers (lease_owner) WHERE status = 'Running';
 """
 
 _COLUMNS = (
     "timer_id, webhook_url, expiry_ms, created_ms, status, payload, attempts, fired_ms, last_error, "
     "due_ms, lease_owner, lease_until_ms"
 )
+_COLUMN_OF = dict(zip(TIMER_FIELDS, _COLUMNS.split(", "), strict=True))
+_INSERT = f"INSERT OR IGNORE INTO timers ({_COLUMNS}) VALUES ({','.join('?' * 12)})"
+#: ``status = 'Running'`` as a literal: what lets SQLite prove the partial index ``timers_owner`` applies.
+_RENEW = "UPDATE timers SET lease_until_ms = ? WHERE status = 'Running' AND lease_owner = ? RETURNING timer_id"
+#: The state ``_swap`` compares; IS for the lease, which is NULL on every timer not Running.
+_SWAP_WHERE = "timer_id = ? AND status = ? AND lease_owner IS ? AND lease_until_ms IS ? AND attempts = ? AND due_ms = ?"
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -66,6 +69,10 @@ def to_ms(dt: datetime) -> int:
         delta = dt - _EPOCH
         return delta.days * 86_400_000 + delta.seconds * 1000 + delta.microseconds // 1000
     return (utc(dt) - _EPOCH) // _MS
+
+
+def _maybe_ms(dt: datetime | None) -> int | None:
+    return to_ms(dt) if dt is not None else None
 
 
 def from_ms(ms: int) -> datetime:
@@ -82,11 +89,11 @@ def _row(timer: Timer) -> tuple[Any, ...]:
         timer.status.value,
         encode_payload(timer.payload),
         timer.attempts,
-        to_ms(timer.fired_at) if timer.fired_at else None,
+        _maybe_ms(timer.fired_at),
         timer.last_error,
         to_ms(timer.due_at),
         timer.lease_owner,
-        to_ms(timer.lease_until) if timer.lease_until else None,
+        _maybe_ms(timer.lease_until),
     )
 
 
@@ -97,12 +104,12 @@ def _stored_instant(ms: Any) -> datetime:
     return from_ms(ms)
 
 
-def _decode(row: sqlite3.Row | tuple[Any, ...]) -> tuple[Timer, str | None]:
+def _decode(row: Sequence[Any]) -> Decoded:
     """The Timer of a row and None, or a Failed Timer and what is corrupt in the row."""
     return decode_row(tuple(row), _stored_instant)
 
 
-def _timer(row: sqlite3.Row | tuple[Any, ...]) -> Timer:
+def _timer(row: Sequence[Any]) -> Timer:
     """The Timer of a row; a corrupt row reads as Failed with the corruption in ``last_error``."""
     return _decode(row)[0]
 
@@ -126,7 +133,7 @@ def create_private(path: str) -> None:
         os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
 
 
-class SqliteStore:
+class SqliteStore(StoreBase):
     """Store on a local SQLite file (created with its folder on first use)."""
 
     def __init__(self, path: str, busy_timeout: float = 30.0) -> None:
@@ -162,39 +169,42 @@ class SqliteStore:
                     self._db.execute("ROLLBACK")
                 raise
 
-    def _read(self, sql: str, args: Sequence[Any] = ()) -> builtins.list[tuple[Any, ...]]:
+    def _query(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         with self._lock:
             try:
                 return self._db.execute(sql, args).fetchall()
             except sqlite3.Error as exc:
                 raise BackendUnavailable(f"timer store {self.path} is unavailable: {exc}") from exc
 
-    def insert(self, timer: Timer) -> tuple[Timer, bool]:
-        with self._tx() as db:
-            cursor = db.execute(f"INSERT OR IGNORE INTO timers ({_COLUMNS}) VALUES ({','.join('?' * 12)})", _row(timer))
-            new = cursor.rowcount == 1  # 0 when the id was there: the write lock makes this exact
-            row = db.execute(f"SELECT {_COLUMNS} FROM timers WHERE timer_id = ?", (timer.timer_id,)).fetchone()
-        return _timer(row), new
+    def _get(self, timer_id: str) -> Decoded | None:
+        rows = self._query(f"SELECT {_COLUMNS} FROM timers WHERE timer_id = ?", (timer_id,))
+        return _decode(rows[0]) if rows else None
 
-    def insert_many(self, timers: Sequence[Timer]) -> int:
-        if not timers:
-            return 0
+    def _insert_new(self, timer: Timer) -> bool:
+        with self._tx() as db:
+            return db.execute(_INSERT, _row(timer)).rowcount == 1  # 0 when the id was there
+
+    def _swap(self, old: Timer, new: Timer) -> bool:
+        values = dict(zip(TIMER_FIELDS, _row(new), strict=True))
+        changed = changed_fields(old, new)
+        sets = ", ".join(f"{_COLUMN_OF[name]} = ?" for name in changed)
+        state = (old.status.value, old.lease_owner, _maybe_ms(old.lease_until), old.attempts, to_ms(old.due_at))
+        with self._tx() as db:
+            cursor = db.execute(
+                f"UPDATE timers SET {sets} WHERE {_SWAP_WHERE}",
+                (*(values[name] for name in changed), old.timer_id, *state),
+            )
+            return cursor.rowcount == 1
+
+    def _insert_many(self, timers: Sequence[Timer]) -> int:
         with self._tx() as db:
             before = db.total_changes
-            db.executemany(
-                f"INSERT OR IGNORE INTO timers ({_COLUMNS}) VALUES ({','.join('?' * 12)})", [_row(t) for t in timers]
-            )
+            db.executemany(_INSERT, [_row(t) for t in timers])
             return db.total_changes - before
 
-    def get(self, timer_id: str) -> Timer | None:
-        rows = self._read(f"SELECT {_COLUMNS} FROM timers WHERE timer_id = ?", (timer_id,))
-        return _timer(rows[0]) if rows else None
-
-    def list(
-        self, status: Status | None = None, limit: int = 100, due_before: datetime | None = None
-    ) -> builtins.list[Timer]:
-        where: builtins.list[str] = []
-        args: builtins.list[Any] = []
+    def _find(self, status: Status | None, limit: int, due_before: datetime | None) -> list[Timer]:
+        where: list[str] = []
+        args: list[Any] = []
         if status is not None:
             where.append("status = ?")
             args.append(status.value)
@@ -202,32 +212,12 @@ class SqliteStore:
             where.append("expiry_ms <= ?")
             args.append(to_ms(due_before))
         clause = f"WHERE {' AND '.join(where)}" if where else ""
-        rows = self._read(
+        rows = self._query(
             f"SELECT {_COLUMNS} FROM timers {clause} ORDER BY expiry_ms, timer_id LIMIT ?", [*args, limit]
         )
         return [_timer(r) for r in rows]
 
-    def cancel(self, timer_id: str, fallback: Timer | None = None) -> Timer:
-        with self._tx() as db:
-            row = db.execute(f"SELECT {_COLUMNS} FROM timers WHERE timer_id = ?", (timer_id,)).fetchone()
-            if row is None:
-                if fallback is None or fallback.timer_id != timer_id:
-                    raise NotFound(timer_id)
-                done = cancel(fallback)
-                db.execute(f"INSERT INTO timers ({_COLUMNS}) VALUES ({','.join('?' * 12)})", _row(done))
-                return done
-            done = cancel(_timer(row))
-            db.execute(
-                "UPDATE timers SET status = ?, lease_owner = NULL, lease_until_ms = NULL WHERE timer_id = ?",
-                (done.status.value, timer_id),
-            )
-            return done
-
-    def claim_due(
-        self, owner: str, now: datetime, until: datetime, lease_until: datetime, limit: int
-    ) -> builtins.list[Timer]:
-        if limit <= 0:
-            return []
+    def _claim(self, owner: str, now: datetime, until: datetime, lease_until: datetime, limit: int) -> list[Timer]:
         # Index-served parts instead of one OR, which SQLite would answer with a full scan. A Running
         # timer without a lease (written so by hand or by another tool) has no lease to wait out.
         sql = f"""
@@ -243,37 +233,25 @@ class SqliteStore:
             )
             RETURNING rowid, {_COLUMNS}
         """
-        claimed: builtins.list[Timer] = []
         with self._tx() as db:
             rows = db.execute(sql, (owner, to_ms(lease_until), to_ms(until), to_ms(now), limit)).fetchall()
-            for rowid, *row in rows:
-                timer, corruption = _decode(row)
-                if corruption is None:
-                    claimed.append(timer)
-                    continue
-                # Failed in the same transaction: a runner must never get it, now or after a restart.
+
+            def fail(rowid: int, timer: Timer) -> None:
+                # By rowid (the id may be what is corrupt), in the claim's own transaction.
                 db.execute(
                     "UPDATE timers SET status = 'Failed', last_error = ?, lease_owner = NULL, lease_until_ms = NULL "
                     "WHERE rowid = ?",
                     (timer.last_error, rowid),
                 )
-                log.warning("timer %s marked Failed: %s", timer.timer_id, timer.last_error)
-        return sorted(claimed, key=lambda t: (t.due_at, t.timer_id))
 
-    def renew(self, owner: str, timer_ids: Sequence[str], lease_until: datetime) -> set[str]:
-        held: set[str] = set()
+            return self._keep_sound(((rowid, _decode(row)) for rowid, *row in rows), fail)
+
+    def renew(self, owner: str, lease_until: datetime) -> set[str]:
         with self._tx() as db:
-            for chunk in _chunks(timer_ids):
-                marks = ",".join("?" * len(chunk))
-                rows = db.execute(
-                    f"UPDATE timers SET lease_until_ms = ? WHERE status = 'Running' AND lease_owner = ? "
-                    f"AND timer_id IN ({marks}) RETURNING timer_id",
-                    (to_ms(lease_until), owner, *chunk),
-                ).fetchall()
-                held.update(r[0] for r in rows)
-        return held
+            rows = db.execute(_RENEW, (to_ms(lease_until), owner)).fetchall()
+        return {r[0] for r in rows}
 
-    def release(self, owner: str, timer_ids: Sequence[str]) -> int:
+    def _release(self, owner: str, timer_ids: Sequence[str]) -> int:
         released = 0
         with self._tx() as db:
             for chunk in _chunks(timer_ids):
@@ -286,10 +264,11 @@ class SqliteStore:
                 released += cur.rowcount
         return released
 
-    def complete(self, owner: str, outcomes: Sequence[Outcome]) -> builtins.list[str]:
+    def _complete(self, owner: str, outcomes: Sequence[Outcome]) -> list[str]:
         recorded: list[str] = []
         with self._tx() as db:
             for o in outcomes:
+                # Outcome.apply's fields: a retry without a due_at keeps the timer's due.
                 cur = db.execute(
                     "UPDATE timers SET status = ?, attempts = ?, fired_ms = ?, last_error = ?, "
                     "due_ms = COALESCE(?, due_ms), lease_owner = NULL, lease_until_ms = NULL "
@@ -297,9 +276,9 @@ class SqliteStore:
                     (
                         o.status.value,
                         o.attempts,
-                        to_ms(o.fired_at) if o.fired_at else None,
+                        _maybe_ms(o.fired_at),
                         o.last_error,
-                        to_ms(o.due_at) if o.due_at else None,
+                        _maybe_ms(o.due_at),
                         o.timer_id,
                         owner,
                     ),
@@ -308,23 +287,11 @@ class SqliteStore:
                     recorded.append(o.timer_id)
         return recorded
 
-    def next_due(self) -> datetime | None:
-        # Integers sort before text and blobs in SQLite: a corrupt due_ms cannot hide a good one.
-        rows = self._read("SELECT MIN(due_ms) FROM timers WHERE status = 'Scheduled'")
-        try:
-            return _stored_instant(rows[0][0]) if rows and rows[0][0] is not None else None
-        except (TypeError, OverflowError):
-            return None  # only corrupt rows left: claim_due, which polls anyway, fails them when due
-
-    def counts(self) -> dict[Status, int]:
-        rows = self._read("SELECT status, COUNT(*) FROM timers GROUP BY status")
-        counted = dict.fromkeys(Status, 0)
-        for status, n in rows:
-            counted[status_of(status)] += n  # a status no Timer has reads, and counts, as Failed
-        return counted
+    def _count_statuses(self) -> list[tuple[Any, int]]:
+        return self._query("SELECT status, COUNT(*) FROM timers GROUP BY status")
 
     def ping(self) -> None:
-        self._read("SELECT 1")
+        self._query("SELECT 1")
 
     def close(self) -> None:
         with self._lock:

@@ -1,4 +1,4 @@
-"""The read cache in front of the store: Redis when configured, else none.
+"""The Cache protocol and the embedded default, no cache at all.
 
 The cache is an accelerator and the only place a timer still in Kafka can be read from; it is never
 the source of truth, so every failure degrades to the store with one warning instead of an error.
@@ -24,8 +24,6 @@ class Cache(Protocol):
         """``put`` for many timers in one round trip."""
         ...
 
-    def drop(self, timer_id: str) -> None: ...
-
     def ping(self) -> None:
         """Raise BackendUnavailable when the cache cannot be reached."""
         ...
@@ -43,9 +41,6 @@ class NoCache:
         return None
 
     def put_many(self, timers: Sequence[Timer], now: datetime) -> None:
-        return None
-
-    def drop(self, timer_id: str) -> None:
         return None
 
     def ping(self) -> None:

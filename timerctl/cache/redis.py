@@ -1,6 +1,6 @@
 """The Redis read cache: a timer's record under ``<prefix>timer:<timerId>`` until its expiry plus a grace.
 
-Redis is an accelerator, never the source of truth. Every Redis error in get/put/drop becomes a miss or
+Redis is an accelerator, never the source of truth. Every Redis error in get/put becomes a miss or
 a no-op with one warning per cache, and after an error Redis is left alone for ``retry_after`` seconds
 so a dead server costs one short timeout per command, not one per timer of a bulk import.
 """
@@ -12,7 +12,7 @@ import math
 import re
 import time
 from collections.abc import Callable, Iterable
-from datetime import datetime
+from datetime import datetime, timedelta
 from urllib.parse import unquote, unquote_plus
 
 import redis
@@ -21,6 +21,7 @@ from redis.exceptions import RedisError
 from redis.retry import Retry
 
 from timerctl.model import BackendUnavailable, InvalidInput, Timer, utc
+from timerctl.redaction import one_line, redact_url
 
 DEFAULT_TIMEOUT = 0.5
 DEFAULT_RETRY_AFTER = 30.0
@@ -28,18 +29,6 @@ DEFAULT_RETRY_AFTER = 30.0
 
 #: A ``password=`` query option (redis-py takes the password from the query too).
 _QUERY_PASSWORD = re.compile(r"([?&]password=)([^&#]*)")
-
-
-def redact_url(url: str) -> str:
-    """``url`` with any ``user:password@`` shown as ``***@`` and a ``password=`` option as ``password=***``,
-    safe to print and log. Textual, so a malformed URL is redacted as well as a good one."""
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        return "<not a URL>"
-    # The last '@' ends the credentials even when a password holds '@', '/' or '?' unescaped.
-    _, at, location = rest.rpartition("@")
-    shown = _QUERY_PASSWORD.sub(r"\1***", location)
-    return f"{scheme}://{'***@' if at else ''}{shown}"
 
 
 def _secrets(url: str) -> set[str]:
@@ -51,11 +40,6 @@ def _secrets(url: str) -> set[str]:
     return {form for secret in found for form in (secret, unquote(secret), unquote_plus(secret)) if form}
 
 
-def _one_line(exc: BaseException) -> str:
-    text = re.sub(r"\s+", " ", str(exc)).strip()
-    return text or type(exc).__name__
-
-
 class RedisCache:
     """Timers cached in Redis at ``url``; failures degrade to misses with a single ``warn`` line."""
 
@@ -63,7 +47,7 @@ class RedisCache:
         self,
         url: str,
         *,
-        grace: float,
+        grace: timedelta,
         warn: Callable[[str], None],
         prefix: str = "timerctl:",
         timeout: float = DEFAULT_TIMEOUT,
@@ -100,7 +84,7 @@ class RedisCache:
     def ttl(self, timer: Timer, now: datetime) -> int:
         """Whole seconds to keep ``timer``: until its expiry plus the grace, just the grace once final."""
         left = 0.0 if timer.status.is_final else (timer.expiry_time - utc(now)).total_seconds()
-        seconds = left + self.grace
+        seconds = left + self.grace.total_seconds()
         return max(1, math.ceil(seconds))
 
     def get(self, timer_id: str) -> Timer | None:
@@ -150,17 +134,6 @@ class RedisCache:
             return
         self._down_until = None
 
-    def drop(self, timer_id: str) -> None:
-        """Forget ``timer_id``; nothing when Redis is unreachable (the entry then lives out its TTL)."""
-        if self._resting():
-            return
-        try:
-            self._client.delete(self.key(timer_id))
-        except RedisError as exc:
-            self._failed(exc)
-            return
-        self._down_until = None
-
     def ping(self) -> None:
         """Return when Redis answers; BackendUnavailable naming the (redacted) URL when it does not."""
         try:
@@ -184,7 +157,7 @@ class RedisCache:
 
     def _reason(self, exc: BaseException) -> str:
         """The error on one line, with the URL's password masked should the client ever echo it."""
-        text = _one_line(exc)
+        text = one_line(exc)
         for secret in sorted(self._secrets, key=len, reverse=True):  # longest first: no part left showing
             text = text.replace(secret, "***")
         return text
