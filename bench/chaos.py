@@ -43,6 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from kafka.errors import TopicAlreadyExistsError
 
+from tests.factories import process_env
 from tests.fixtures_kafka import TOPIC_PARTITIONS, TansuBroker, create_topics, start_broker
 from tests.reliability import harness as h
 from tests.reliability import outages, scenarios
@@ -116,7 +117,7 @@ def planned(args: argparse.Namespace, seed: int, redis_url: str) -> Iterator[tup
     def env_for(work: Path, bootstrap: str = "", topic: str = "", **extra: str) -> dict[str, str]:
         flush_redis(redis_url)
         settings = {"kafka_bootstrap": bootstrap, "topic": topic, "redis_url": redis_url, "poll_interval": "0.2"}
-        return h.scenario_env(work, **settings, **extra)
+        return process_env(work, **settings, **extra)
 
     def crash(target: str, n: int) -> dict[str, Any]:
         with workdir() as work, kafka() as (bootstrap, topic, _):

@@ -1,19 +1,23 @@
-"""A real local HTTP receiver that records every webhook it gets (no patched clients)."""
+"""Webhook receivers: a real local HTTP receiver that records every webhook it gets (no patched clients),
+hostile servers (``tests/hostile_servers.py``) that misbehave below HTTP, and a resolver to inject."""
 
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 from collections import defaultdict, deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
 
+from tests.hostile_servers import RawServer
 from tests.polling import wait_for
+from timerctl.model import Timer
 
 
 @dataclass(frozen=True)
@@ -102,6 +106,54 @@ def receiver() -> Iterator[Receiver]:
     rec = Receiver()
     yield rec
     rec.close()
+
+
+@pytest.fixture
+def servers() -> Iterator[Callable[..., RawServer]]:
+    """Start hostile servers (``RawServer(respond, host)``; without ``respond`` one that never answers); all are
+    closed at the end of the test."""
+    started: list[RawServer] = []
+
+    def start(*args: object, **kwargs: object) -> RawServer:
+        server = RawServer(*args, **kwargs)  # type: ignore[arg-type]
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.close()
+
+
+def roomy(receiver: Receiver) -> None:
+    """Give the receiver a listen backlog fit for bursts of new connections.
+
+    The fixture keeps socketserver's backlog of 5: a burst of connects overflows it, the kernel drops SYNs
+    and each dropped connect waits a 1 s retransmit (or times out and is retried), which reads as lateness.
+    """
+    receiver.server.socket.listen(512)
+
+
+def lateness(got: list[Received], timers: list[Timer]) -> list[float]:
+    """Seconds from each timer's expiry to its first receipt, sorted."""
+    due = {t.timer_id: t.expiry_time.timestamp() for t in timers}
+    first: dict[str, float] = {}
+    for item in got:
+        first.setdefault(item.json["timerId"], item.received_at)
+    return sorted(first[tid] - due[tid] for tid in first)
+
+
+class FakeDns:
+    """An injected resolver: names to addresses; anything else does not resolve."""
+
+    def __init__(self, names: dict[str, list[str]]) -> None:
+        self.names = names
+        self.asked: list[tuple[str, int]] = []
+
+    async def __call__(self, host: str, port: int) -> list[str]:
+        self.asked.append((host, port))
+        if host not in self.names:
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        return self.names[host]
 
 
 def wait_until(predicate: Any, timeout: float = 10.0, interval: float = 0.05, message: str = "condition") -> Any:

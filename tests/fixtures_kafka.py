@@ -7,6 +7,7 @@ Without a broker binary the Kafka tests skip locally and fail when ``CI`` is set
 Fault tests that stop or restart a broker take their own (``private_kafka_broker`` or
 ``start_broker()``) rather than the shared one. Tansu keeps everything in memory: a restart loses
 every topic, record and committed offset, so after ``restart()`` a test starts from an empty broker.
+``consumer_thread`` runs the consumer daemon in a thread of the test.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import os
 import signal
 import subprocess
 import tempfile
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,10 +26,17 @@ from typing import Any, NoReturn
 import pytest
 
 from tests.polling import accepts_connections, free_port, wait_for
+from timerctl.config import Settings
+from timerctl.daemons.consumer import serve
+from timerctl.daemons.lifecycle import StopFlag
 
 ENV_BOOTSTRAP = "TIMERCTL_TEST_KAFKA_BOOTSTRAP"
 TOPIC_PARTITIONS = 4
 START_TIMEOUT = 15.0
+#: The consumers' poll interval in tests, shorter than the daemon's default: Tansu completes a group join after
+#: about half the session timeout, which the consumer derives from this (and a killed member's partitions
+#: move on after about this long).
+TEST_POLL_INTERVAL_MS = 6000
 
 
 def _missing(reason: str) -> NoReturn:
@@ -202,3 +211,32 @@ def kafka_topic(kafka_bootstrap: str) -> Iterator[str]:
     # Cleanup only: a fresh name per test already keeps tests apart.
     with contextlib.suppress(Exception):
         delete_topics(kafka_bootstrap, [topic, f"{topic}.dlq"])
+
+
+@contextlib.contextmanager
+def consumer_thread(settings: Settings, store: Any, group: str | None = None) -> Iterator[list[BaseException]]:
+    """The consumer daemon (``serve``) on ``store`` (a Store, or a stand-in) in a thread, in ``group`` (else a new
+    one), until the block ends.
+
+    Yields the errors it died of, so a wait in the block can stop early; asserts it stopped with exit code 0.
+    """
+    flag, errors = StopFlag(), []
+    result: list[int] = []
+    group_id = group or f"g-{uuid.uuid4().hex[:8]}"
+
+    def target() -> None:
+        try:
+            result.append(serve(settings, flag, store, group_id=group_id, max_poll_interval_ms=TEST_POLL_INTERVAL_MS))
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    try:
+        yield errors
+    finally:
+        flag.request()
+        thread.join(30)
+    assert not thread.is_alive(), "consumer did not stop within 30s"
+    assert not errors, f"the consumer died: {errors!r}"
+    assert result == [0]

@@ -1,21 +1,20 @@
 """The HTTP API: the route contract through FastAPI's TestClient on a SQLite store, then real processes.
 
 The contract tests run the app in-process over a TimerService with a clock the test holds, so every
-``timeLeft`` is exact. The end-to-end tests start ``timerctl serve api`` (or ``serve all --api``) and
-runners as subprocesses on one store, talk to them with httpx, and let the ``receiver`` take the webhooks.
+``timeLeft`` is exact (``client``, ``service`` and ``clock`` of ``tests/fixtures_api.py``). The end-to-end
+tests start ``timerctl serve api`` (or ``serve all --api``) and runners as subprocesses on one store, talk to
+them with httpx, and let the ``receiver`` take the webhooks. Tokens and malformed requests are in
+``test_api_security.py``, the server's bounds in ``test_api_limits.py``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
-import signal
 import socket
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -23,63 +22,15 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.fixtures_daemons import TIMERCTL, Daemons
+from tests.factories import process_env, settings_for
+from tests.fixtures_api import HOOK, OLD_BODY, created, rejected
+from tests.fixtures_daemons import Daemons
 from tests.fixtures_http import Receiver, wait_until
-from tests.fixtures_kafka import free_port
+from tests.polling import free_port
 from timerctl.api import create_app
-from timerctl.config import Settings, load_settings
+from timerctl.clock import ManualClock
 from timerctl.model import Status, format_instant
 from timerctl.service import TimerService
-
-HOOK = "http://127.0.0.1:9/hook"
-OLD_BODY = {"hours": 0, "minutes": 1, "seconds": 30, "webhookUrl": HOOK}
-
-
-class Clock:
-    """A clock the test moves by hand."""
-
-    def __init__(self) -> None:
-        self.now = datetime.now(UTC).replace(microsecond=0)
-
-    def __call__(self) -> datetime:
-        return self.now
-
-
-def settings_for(tmp_path: Path, **env: str) -> Settings:
-    return load_settings({"TIMERCTL_DB": str(tmp_path / "timers.db"), "XDG_CONFIG_HOME": str(tmp_path), **env})
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-def service(tmp_path: Path, clock: Clock) -> Iterator[TimerService]:
-    svc = TimerService(settings_for(tmp_path), clock=clock)
-    yield svc
-    svc.close()
-
-
-@pytest.fixture
-def client(service: TimerService) -> Iterator[TestClient]:
-    with TestClient(create_app(service.settings, service)) as c:
-        yield c
-
-
-def created(client: TestClient, prefix: str = "", **body: Any) -> str:
-    response = client.post(f"{prefix}/v1/timer", json=body or OLD_BODY)
-    assert response.status_code == 201, response.text
-    timer_id: str = response.json()["timer"]["timerId"]
-    return timer_id
-
-
-def rejected(response: httpx.Response, status: int, fragment: str) -> None:
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert set(body) == {"code", "message"} and body["code"] == status
-    assert fragment in body["message"] and "\n" not in body["message"]
-
 
 # --- the route contract ---------------------------------------------------------------------------------
 
@@ -101,10 +52,10 @@ def test_create_with_the_old_service_body_answers_201_in_its_shape(client: TestC
 
 @pytest.mark.parametrize("prefix", ["", "/api"])
 def test_get_answers_200_in_the_same_shape_with_time_counting_down(
-    client: TestClient, clock: Clock, prefix: str
+    client: TestClient, clock: ManualClock, prefix: str
 ) -> None:
     timer_id = created(client, prefix)
-    clock.now += timedelta(seconds=30)
+    clock.advance(timedelta(seconds=30))
     response = client.get(f"{prefix}/v1/timer/{timer_id}")
     assert response.status_code == 200
     assert response.json() == {
@@ -201,12 +152,12 @@ def test_a_past_expiry_time_is_400(client: TestClient, service: TimerService) ->
 
 
 def test_a_repeated_timer_id_with_the_same_spec_returns_the_existing_timer_with_200(
-    client: TestClient, service: TimerService, clock: Clock
+    client: TestClient, service: TimerService, clock: ManualClock
 ) -> None:
     body = {**OLD_BODY, "timerId": "retry-me", "payload": {"a": 1, "b": 2}}
     first = client.post("/v1/timer", json=body)
     assert first.status_code == 201
-    clock.now += timedelta(seconds=10)
+    clock.advance(timedelta(seconds=10))
     again = client.post("/v1/timer", json={**body, "payload": {"b": 2, "a": 1}})  # key order is no difference
     assert again.status_code == 200, again.text
     assert again.json() == {
@@ -278,7 +229,7 @@ def test_health_reports_each_backend_with_200_when_all_answer(client: TestClient
 
 
 def test_health_is_503_naming_the_part_that_is_down(tmp_path: Path, dead_redis_url: str) -> None:
-    settings = settings_for(tmp_path, TIMERCTL_REDIS_URL=dead_redis_url)
+    settings = settings_for(tmp_path, redis_url=dead_redis_url)
     with TestClient(create_app(settings)) as client:
         response = client.get("/health")
         assert response.status_code == 503
@@ -292,7 +243,7 @@ def test_health_is_503_naming_the_part_that_is_down(tmp_path: Path, dead_redis_u
 
 
 def test_health_with_a_live_redis_is_200(tmp_path: Path, redis_url: str) -> None:
-    with TestClient(create_app(settings_for(tmp_path, TIMERCTL_REDIS_URL=redis_url))) as client:
+    with TestClient(create_app(settings_for(tmp_path, redis_url=redis_url))) as client:
         response = client.get("/health")
         assert response.status_code == 200, response.text
         cache = response.json()["cache"]
@@ -300,7 +251,7 @@ def test_health_with_a_live_redis_is_200(tmp_path: Path, redis_url: str) -> None
 
 
 def test_an_unreachable_store_is_503(tmp_path: Path) -> None:
-    settings = load_settings({"TIMERCTL_DB": str(tmp_path), "XDG_CONFIG_HOME": str(tmp_path)})  # a directory
+    settings = settings_for(tmp_path, db=str(tmp_path))  # a directory
     with TestClient(create_app(settings)) as client:
         rejected(client.get("/v1/timer/some-id"), 503, "cannot open the timer store")
         rejected(client.post("/v1/timer", json=OLD_BODY), 503, "cannot open the timer store")
@@ -309,32 +260,9 @@ def test_an_unreachable_store_is_503(tmp_path: Path) -> None:
 
 
 def test_an_unreachable_kafka_is_503_on_create(tmp_path: Path) -> None:
-    settings = settings_for(tmp_path, TIMERCTL_KAFKA_BOOTSTRAP=f"127.0.0.1:{free_port()}")
+    settings = settings_for(tmp_path, kafka_bootstrap=f"127.0.0.1:{free_port()}")
     with TestClient(create_app(settings)) as client:
         rejected(client.post("/v1/timer", json=OLD_BODY), 503, "Kafka at 127.0.0.1:")
-
-
-def test_concurrent_first_requests_share_one_set_of_backends(tmp_path: Path) -> None:
-    service = TimerService(settings_for(tmp_path))
-    start = threading.Barrier(16)
-    statuses: list[int] = []
-    with TestClient(create_app(service.settings, service)) as client:
-
-        def post(n: int) -> None:
-            start.wait()
-            statuses.append(client.post("/v1/timer", json={**OLD_BODY, "timerId": f"t{n}"}).status_code)
-
-        threads = [threading.Thread(target=post, args=(n,)) for n in range(16)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-    try:
-        assert statuses == [201] * 16
-        assert len(service.list()) == 16
-        assert len(service._closers) == 3, "each backend opened once: store, queue and cache"
-    finally:
-        service.close()
 
 
 def test_the_app_closes_the_service_it_opened(tmp_path: Path) -> None:
@@ -356,66 +284,15 @@ def test_cli_start_up_does_not_import_the_web_stack() -> None:
 # --- real processes -------------------------------------------------------------------------------------
 
 
-class Processes:
-    """``timerctl`` subprocesses with their stderr in files; always stopped, SIGTERM then SIGKILL."""
-
-    def __init__(self, env: dict[str, str], logs: Path) -> None:
-        self.env = env
-        self.logs = logs
-        self.procs: list[subprocess.Popen[str]] = []
-
-    def start(self, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
-        with (self.logs / f"proc-{len(self.procs)}.log").open("w") as log:
-            proc = subprocess.Popen(
-                [TIMERCTL, *args, "--log-format", "json", "--log-level", "WARNING"],
-                env=env or self.env,
-                stdout=subprocess.DEVNULL,
-                stderr=log,
-                text=True,
-            )
-        self.procs.append(proc)
-        return proc
-
-    def log(self, proc: subprocess.Popen[str]) -> str:
-        return (self.logs / f"proc-{self.procs.index(proc)}.log").read_text()
-
-    def stop(self, proc: subprocess.Popen[str], timeout: float = 20) -> int:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-        try:
-            return proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-            raise AssertionError(f"{proc.args} did not stop within {timeout}s of SIGTERM") from None
-
-    def stop_all(self) -> None:
-        for proc in self.procs:
-            with contextlib.suppress(AssertionError):  # a teardown: the test already has its verdict
-                self.stop(proc)
-
-
 @pytest.fixture
-def process_env(tmp_path: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TIMERCTL_")}
-    env.update(
-        TIMERCTL_DB=str(tmp_path / "timers.db"),
-        TIMERCTL_POLL_INTERVAL="0.2",
-        TIMERCTL_RETRY_FIRST_DELAY="0.2",
-        XDG_CONFIG_HOME=str(tmp_path),
-    )
-    return env
-
-
-@pytest.fixture
-def processes(process_env: dict[str, str], tmp_path: Path) -> Iterator[Processes]:
-    procs = Processes(process_env, tmp_path)
+def processes(tmp_path: Path) -> Iterator[Daemons]:
+    procs = Daemons(process_env(tmp_path, poll_interval="0.2", retry_first_delay="0.2"), tmp_path)
     yield procs
     procs.stop_all()
 
 
 @contextlib.contextmanager
-def api_client(procs: Processes, proc: subprocess.Popen[str], port: int) -> Iterator[httpx.Client]:
+def api_client(procs: Daemons, proc: subprocess.Popen[str], port: int) -> Iterator[httpx.Client]:
     """A client for the API at ``port`` once its /health answers; fails with the server's log if it died."""
     with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
 
@@ -435,7 +312,7 @@ def status_of(client: httpx.Client, timer_id: str) -> str:
     return str(client.get(f"/v1/timer/{timer_id}").json()["timer"]["timerStatus"])
 
 
-def test_end_to_end_create_over_http_fire_by_a_runner_process(processes: Processes, receiver: Receiver) -> None:
+def test_end_to_end_create_over_http_fire_by_a_runner_process(processes: Daemons, receiver: Receiver) -> None:
     port = free_port()
     api = processes.start("serve", "api", "--port", str(port))
     with api_client(processes, api, port) as client:
@@ -453,7 +330,7 @@ def test_end_to_end_create_over_http_fire_by_a_runner_process(processes: Process
     assert processes.stop(api) == 0, processes.log(api)
 
 
-def test_serve_all_with_api_serves_http_and_fires_in_one_process(processes: Processes, receiver: Receiver) -> None:
+def test_serve_all_with_api_serves_http_and_fires_in_one_process(processes: Daemons, receiver: Receiver) -> None:
     port = free_port()
     both = processes.start("serve", "all", "--api", "--api-port", str(port))
     with api_client(processes, both, port) as client:
@@ -466,12 +343,10 @@ def test_serve_all_with_api_serves_http_and_fires_in_one_process(processes: Proc
     assert processes.stop(both) == 0, processes.log(both)
 
 
-def test_end_to_end_through_kafka_and_redis(
-    distributed_env: dict[str, str], daemons: Daemons, processes: Processes, receiver: Receiver
-) -> None:
+def test_end_to_end_through_kafka_and_redis(daemons: Daemons, receiver: Receiver) -> None:
     port = free_port()
-    api = processes.start("serve", "api", "--port", str(port), env=distributed_env)
-    with api_client(processes, api, port) as client:
+    api = daemons.start("serve", "api", "--port", str(port))
+    with api_client(daemons, api, port) as client:
         health = client.get("/health")
         assert health.status_code == 200, health.text
         assert health.json()["queue"]["backend"].startswith("kafka") and health.json()["cache"]["backend"] == "redis"
@@ -481,15 +356,15 @@ def test_end_to_end_through_kafka_and_redis(
         assert status_of(client, "k1") == "Scheduled"
         again = client.post("/v1/timer", json={"seconds": 1, "webhookUrl": receiver.url("/kafka"), "timerId": "k1"})
         assert (again.status_code, again.json()["message"]) == (200, "Timer Already Exists!")
-        daemons.start("consumer")
-        daemons.start("runner")
+        daemons.start("serve", "consumer")
+        daemons.start("serve", "runner")
         [hook] = receiver.wait_for(1, timeout=30, path="/kafka")
         assert hook.json["timerId"] == "k1"
         wait_until(lambda: status_of(client, "k1") == "Finished", timeout=15, message="GET to show Finished")
-    assert processes.stop(api) == 0, processes.log(api)
+    assert daemons.stop(api) == 0, daemons.log(api)
 
 
-def test_serve_api_exits_3_when_the_port_is_taken(processes: Processes) -> None:
+def test_serve_api_exits_3_when_the_port_is_taken(processes: Daemons) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()

@@ -1,17 +1,15 @@
-"""The HTTP API's front door: API tokens on the routes, the refusal to serve an exposed address without
-them, and malformed requests, which must be one-line 400s, never 500s.
+"""The HTTP API's front door (``api.py``): API tokens on the routes, and malformed requests, which must be
+one-line 400s, never 500s.
 
 Routes run in-process through FastAPI's TestClient, which re-raises any exception a handler lets escape, so
-a 500 cannot hide. ``serve`` refusals run the CLI entry point; they stop before anything listens. Token
-lines are written here by hand (``sha256`` of the token), pinning the file format the README documents.
+a 500 cannot hide. Token lines are written by hand (``tests/factories.token_line``: ``sha256`` of the token),
+pinning the file format the README documents. ``serve``'s refusal to expose the API without tokens is in
+``test_cli_serve.py``; the route contract in ``test_api.py``.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import secrets
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,121 +19,13 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from tests.test_api import HOOK, OLD_BODY, rejected, settings_for
+from tests.factories import api_token, settings_for, token_line
+from tests.fixtures_api import HOOK, OLD_BODY, app_client, rejected
 from timerctl import api
 from timerctl.api import create_app
-from timerctl.cli import main
-from timerctl.daemons.lifecycle import StopFlag
-from timerctl.service import TimerService
 
 #: The documented nesting limit of a create's body (``timerctl.api.MAX_JSON_DEPTH``).
 MAX_DEPTH = 128
-
-
-def new_token() -> str:
-    return "tmr_" + secrets.token_urlsafe(32)
-
-
-def token_line(token: str, scope: str) -> str:
-    return f"{scope} sha256:{hashlib.sha256(token.encode()).hexdigest()}"
-
-
-def run_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as info:
-        main(list(args))
-    out, err = capsys.readouterr()
-    assert isinstance(info.value.code, int)
-    return info.value.code, out, err
-
-
-# --- serve refuses an exposed API without tokens ------------------------------------------------------------
-
-
-@pytest.fixture
-def served(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> list[dict[str, Any]]:
-    """What ``serve`` asked the API to do, with nothing started: no server, no runner loop, and no
-    process-wide logging or signal handlers (``_start``). Even a build that should refuse cannot listen."""
-    for name in [n for n in os.environ if n.startswith("TIMERCTL_")]:
-        monkeypatch.delenv(name)
-    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
-    monkeypatch.setenv("TIMERCTL_DB", str(tmp_path / "timers.db"))
-    calls: list[dict[str, Any]] = []
-    monkeypatch.setattr("timerctl.cli.serve._start", lambda *args: StopFlag())
-    monkeypatch.setattr("timerctl.daemons.api.serve", lambda settings, stop, **kw: calls.append(kw) or 0)
-    monkeypatch.setattr("timerctl.daemons.runner.serve", lambda settings, stop: 0)
-    return calls
-
-
-@pytest.mark.parametrize(
-    "args",
-    [
-        ["serve", "api", "--host", "0.0.0.0"],
-        ["serve", "api", "--host", "::"],
-        ["serve", "api", "--host", "api.example.com"],
-        ["serve", "all", "--api", "--api-host", "10.1.2.3"],
-    ],
-)
-def test_serve_refuses_a_non_loopback_address_without_tokens(
-    capsys: pytest.CaptureFixture[str], served: list[dict[str, Any]], args: list[str]
-) -> None:
-    code, out, err = run_cli(capsys, *args)
-    assert (code, out, served) == (2, "", []) and err.count("\n") == 1, err
-    assert "without authentication; set TIMERCTL_API_TOKENS_FILE" in err and "--no-auth" in err
-
-
-@pytest.mark.parametrize(
-    ("args", "host"),
-    [
-        (["serve", "api", "--host", "0.0.0.0", "--no-auth"], "0.0.0.0"),
-        (["serve", "api", "--host", "::1"], "::1"),
-        (["serve", "api", "--host", "localhost"], "localhost"),
-    ],
-)
-def test_serve_api_starts_on_loopback_or_with_no_auth(
-    capsys: pytest.CaptureFixture[str], served: list[dict[str, Any]], args: list[str], host: str
-) -> None:
-    assert run_cli(capsys, *args)[0] == 0
-    assert served == [{"host": host, "port": 3000, "tokens": None}]
-
-
-def test_serve_with_a_tokens_file_listens_anywhere_and_refuses_no_auth_with_it(
-    capsys: pytest.CaptureFixture[str], served: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
-    path = tmp_path / "tokens"
-    path.write_text(token_line(new_token(), "write") + "\n")
-    monkeypatch.setenv("TIMERCTL_API_TOKENS_FILE", str(path))
-    assert run_cli(capsys, "serve", "api", "--host", "0.0.0.0")[0] == 0
-    assert len(served) == 1 and served[0]["tokens"].path == str(path)
-    code, _, err = run_cli(capsys, "serve", "api", "--host", "0.0.0.0", "--no-auth")
-    assert code == 2 and "--no-auth contradicts TIMERCTL_API_TOKENS_FILE" in err and err.count("\n") == 1
-
-
-@pytest.mark.parametrize("args", [["serve", "api"], ["serve", "all", "--api"]])
-@pytest.mark.parametrize(
-    ("content", "reason"),
-    [
-        (None, "cannot be read: No such file or directory"),
-        ("write sha256:" + "0" * 64 + "\nadmin sha256:" + "1" * 64, "line 2: unknown scope 'admin'"),
-    ],
-    ids=["missing", "malformed"],
-)
-def test_serve_exits_2_with_one_line_when_the_tokens_file_is_unusable_at_start(
-    capsys: pytest.CaptureFixture[str],
-    served: list[dict[str, Any]],
-    monkeypatch: pytest.MonkeyPatch,
-    tmp_path: Path,
-    args: list[str],
-    content: str | None,
-    reason: str,
-) -> None:
-    path = tmp_path / "tokens"
-    if content is not None:
-        path.write_text(content)
-    monkeypatch.setenv("TIMERCTL_API_TOKENS_FILE", str(path))
-    code, out, err = run_cli(capsys, *args)
-    assert (code, out, served) == (2, "", [])
-    assert err.startswith(f"error: tokens file {path} ") and reason in err and err.count("\n") == 1, err
 
 
 # --- the routes with tokens ---------------------------------------------------------------------------------
@@ -144,7 +34,7 @@ def test_serve_exits_2_with_one_line_when_the_tokens_file_is_unusable_at_start(
 class Tokens:
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.read, self.write = new_token(), new_token()
+        self.read, self.write = api_token(), api_token()
         path.write_text(f"# test tokens\n{token_line(self.read, 'read')}\n{token_line(self.write, 'write')}\n")
 
     @staticmethod
@@ -159,8 +49,7 @@ def tokens(tmp_path: Path) -> Tokens:
 
 @pytest.fixture
 def guarded(tmp_path: Path, tokens: Tokens) -> Iterator[TestClient]:
-    settings = settings_for(tmp_path, TIMERCTL_API_TOKENS_FILE=str(tokens.path))
-    with TimerService(settings) as service, TestClient(create_app(settings, service)) as client:
+    with app_client(settings_for(tmp_path, api_tokens_file=str(tokens.path))) as client:
         yield client
 
 
@@ -175,7 +64,7 @@ def test_every_timer_route_without_a_token_is_401_with_www_authenticate(
         response = guarded.request(method, path, json=OLD_BODY if method == "POST" else None, headers=headers)
         rejected(response, 401, "missing API token; send the header Authorization: Bearer <token>")
         assert response.headers["www-authenticate"] == "Bearer"
-    response = guarded.request(method, path, headers=Tokens.bearer(new_token()))
+    response = guarded.request(method, path, headers=Tokens.bearer(api_token()))
     rejected(response, 401, "unknown API token")
     assert response.headers["www-authenticate"] == 'Bearer error="invalid_token"'
 
@@ -221,13 +110,6 @@ def test_without_a_tokens_file_the_routes_stay_open(tmp_path: Path) -> None:
 
 
 # --- malformed requests are 400s with one line, never 500s ------------------------------------------------------
-
-
-@pytest.fixture
-def client(tmp_path: Path) -> Iterator[TestClient]:
-    settings = settings_for(tmp_path)
-    with TimerService(settings) as service, TestClient(create_app(settings, service)) as c:
-        yield c
 
 
 @pytest.mark.parametrize("content_type", [None, "text/plain", "application/json"])
@@ -287,8 +169,7 @@ CONTENT_TYPES = [None, "application/json", "text/plain", "application/x-www-form
 
 @pytest.fixture(scope="module")
 def fuzz_client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
-    settings = settings_for(tmp_path_factory.mktemp("fuzz"))
-    with TimerService(settings) as service, TestClient(create_app(settings, service)) as c:
+    with app_client(settings_for(tmp_path_factory.mktemp("fuzz"))) as c:
         yield c
 
 

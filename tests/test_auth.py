@@ -1,11 +1,11 @@
-"""API tokens: the ``timerctl.auth`` module (making, hashing, the tokens file, reloads) and ``api-token new``.
+"""API tokens: the ``timerctl.auth`` module (making, hashing, the tokens file, reloads).
 
-The routes that use them are tested in ``tests/test_api_security.py``.
+``api-token new`` is tested in ``tests/test_cli_tokens.py``, the routes that use the tokens in
+``tests/test_api_security.py``.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -13,7 +13,6 @@ import pytest
 
 from timerctl import auth
 from timerctl.auth import TokenStore, new_token, parse_tokens, token_line
-from timerctl.cli import main
 from timerctl.model import InvalidInput
 
 # --- the tokens file --------------------------------------------------------------------------------------
@@ -100,50 +99,3 @@ def test_edits_are_picked_up_and_a_broken_edit_keeps_the_last_good_tokens(tmp_pa
     assert tokens.scope_of(second) == "read" and "it is gone" in warnings[-1]
     path.write_text(token_line(first, "read") + "\n")
     assert (tokens.scope_of(first), tokens.scope_of(second)) == ("read", None)
-
-
-# --- api-token new ----------------------------------------------------------------------------------------
-
-
-def run_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as info:
-        main(list(args))
-    out, err = capsys.readouterr()
-    assert isinstance(info.value.code, int)
-    return info.value.code, out, err
-
-
-def test_api_token_new_json_prints_a_token_and_the_line_that_accepts_it(
-    capsys: pytest.CaptureFixture[str], tmp_path: Path
-) -> None:
-    code, out, err = run_cli(capsys, "api-token", "new", "--scope", "write", "--label", "ci", "--json")
-    assert (code, err) == (0, "") and out.count("\n") == 1
-    printed = json.loads(out)
-    assert set(printed) == {"token", "line"} and printed["token"].startswith("tmr_")
-    assert printed["token"] not in printed["line"] and printed["line"].endswith(" ci")
-    path = tmp_path / "tokens"
-    path.write_text(printed["line"] + "\n")
-    assert TokenStore(str(path)).scope_of(printed["token"]) == "write"
-    again = json.loads(run_cli(capsys, "api-token", "new", "--json")[1])
-    assert again["token"] != printed["token"] and again["line"].startswith("read sha256:"), "read by default"
-
-
-def test_api_token_new_for_people_shows_the_token_once_and_the_line(capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, err = run_cli(capsys, "api-token", "new", "--scope", "read")
-    assert (code, err) == (0, "")
-    [token] = [word for word in out.split() if word.startswith("tmr_")]
-    assert out.count(token) == 1 and "Authorization: Bearer" in out
-    [line] = [text.strip() for text in out.splitlines() if text.strip().startswith("read sha256:")]
-    assert parse_tokens(line)[0].digest == auth.token_digest(token)
-
-
-@pytest.mark.parametrize(
-    ("args", "fragment"),
-    [(["--scope", "admin"], "--scope must be read or write, got 'admin'"), (["--label", "a\nb"], "one line")],
-)
-def test_api_token_new_refuses_a_bad_scope_or_label(
-    capsys: pytest.CaptureFixture[str], args: list[str], fragment: str
-) -> None:
-    code, out, err = run_cli(capsys, "api-token", "new", *args)
-    assert (code, out) == (2, "") and err.count("\n") == 1 and err.startswith("error: ") and fragment in err

@@ -1,17 +1,15 @@
-"""The consumer daemon against a real broker and the SQLite store: in a thread, then as a process."""
+"""The consumer daemon (``daemons/consumer.py``) against a real broker and the SQLite store: in a thread
+(``consumer_thread``), then as a process."""
 
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import subprocess
 import sys
-import threading
 import uuid
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -19,32 +17,32 @@ from typing import Any
 import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
+from tests.factories import make_timer, process_env
 from tests.fixtures_kafka import (
+    TEST_POLL_INTERVAL_MS,
     TOPIC_PARTITIONS,
     TansuBroker,
+    consumer_thread,
     end_offsets,
     read_topic,
-    wait_for,
 )
+from tests.polling import wait_for
 from timerctl.config import Settings
-from timerctl.daemons.consumer import Consumer, serve
-from timerctl.daemons.lifecycle import StopFlag
+from timerctl.daemons.consumer import Consumer
 from timerctl.model import BackendUnavailable, Status, Timer, utc
 from timerctl.queue.kafka import DLQ_REASON_HEADER, KafkaQueue, dlq_topic, encode_create
 from timerctl.stores.sqlite import SqliteStore
 
-#: Shorter than the daemon's default: Tansu completes a group join after about half the session timeout,
-#: which the consumer derives from this (and a killed member's partitions move on after about this long).
-TEST_POLL_INTERVAL_MS = 6000
 NOW = utc(datetime.now(UTC))  # milliseconds, as stored
 
 
-def make_timers(count: int, prefix: str = "c") -> list[Timer]:
+def batch(count: int, prefix: str = "c") -> list[Timer]:
+    """``prefix-0``... made at NOW, each due a second after the one before from an hour on, payload ``{"i": i}``."""
     return [
-        Timer(
-            timer_id=f"{prefix}-{i}",
-            webhook_url="http://127.0.0.1:9/hook",
-            expiry_time=NOW + timedelta(hours=1, seconds=i),
+        make_timer(
+            f"{prefix}-{i}",
+            NOW + timedelta(hours=1, seconds=i),
+            url="http://127.0.0.1:9/hook",
             created_at=NOW,
             payload={"i": i},
         )
@@ -104,35 +102,8 @@ def settings(kafka_bootstrap: str, kafka_topic: str, tmp_path: Path) -> Settings
     return Settings(db=str(tmp_path / "timers.db"), kafka_bootstrap=kafka_bootstrap, topic=kafka_topic)
 
 
-@pytest.fixture
-def store(settings: Settings) -> Iterator[SqliteStore]:
-    store = SqliteStore(settings.db_path)
-    yield store
-    store.close()
-
-
-@contextmanager
-def consumer_thread(settings: Settings, store: Any, group: str) -> Iterator[StopFlag]:
-    """``serve`` running in a thread until the block ends; asserts it stopped with exit code 0."""
-    flag = StopFlag()
-    result: list[int] = []
-    thread = threading.Thread(
-        target=lambda: result.append(
-            serve(settings, flag, store, group_id=group, max_poll_interval_ms=TEST_POLL_INTERVAL_MS)
-        )
-    )
-    thread.start()
-    try:
-        yield flag
-    finally:
-        flag.request()
-        thread.join(30)
-    assert not thread.is_alive(), "consumer did not stop within 30s"
-    assert result == [0]
-
-
 def test_consumes_2000_timers_into_the_store_once(settings: Settings, store: SqliteStore, group: str) -> None:
-    timers = make_timers(2000)
+    timers = batch(2000)
     submit(settings.kafka_bootstrap, settings.topic, timers)
     submit(settings.kafka_bootstrap, settings.topic, timers[:100])  # a retried submit: duplicates
     with consumer_thread(settings, store, group):
@@ -145,7 +116,7 @@ def test_consumes_2000_timers_into_the_store_once(settings: Settings, store: Sql
 def test_malformed_records_go_to_the_dlq_and_the_partition_moves_on(
     settings: Settings, store: SqliteStore, group: str
 ) -> None:
-    good = make_timers(2, prefix="good")
+    good = batch(2, prefix="good")
     produce_raw(
         settings.kafka_bootstrap,
         settings.topic,
@@ -174,8 +145,26 @@ def test_malformed_records_go_to_the_dlq_and_the_partition_moves_on(
     assert dict(by_key[b"bad-version"].headers)[DLQ_REASON_HEADER].decode() == version["reason"]
 
 
+def test_the_consumer_dead_letters_a_foreign_running_create_and_stores_the_rest(
+    settings: Settings, store: SqliteStore
+) -> None:
+    """A create record must describe a new timer (the rule's cases: ``test_kafka_queue.py``)."""
+    good = make_timer("good", now=NOW, url="https://hooks.example.com/g")
+    foreign = make_timer("foreign", now=NOW, url="https://hooks.example.com/x", payload={"k": 1}).to_record()
+    running = json.dumps({"v": 1, "op": "create", "timer": foreign | {"timerStatus": "Running"}}).encode()
+    produce_raw(settings.kafka_bootstrap, settings.topic, [(b"foreign", running), (b"good", encode_create(good))])
+    with consumer_thread(settings, store):
+        wait_for(lambda: store.get("good") is not None, 20, "the create after the foreign one")
+    assert store.get("good") == good
+    assert store.get("foreign") is None
+    [letter] = read_topic(settings.kafka_bootstrap, dlq_topic(settings.topic), 1, partitions=1)
+    reason = json.loads(letter.value)["reason"]
+    assert reason.startswith("create record is not a new timer: timerStatus is 'Running'")
+    assert dict(letter.headers)[DLQ_REASON_HEADER].decode() == reason
+
+
 def test_create_then_cancel_is_stored_cancelled(settings: Settings, store: SqliteStore, group: str) -> None:
-    [timer] = make_timers(1, prefix="cc")
+    [timer] = batch(1, prefix="cc")
     queue = KafkaQueue(settings.kafka_bootstrap, settings.topic)
     try:
         queue.submit([timer])
@@ -191,7 +180,7 @@ def test_create_then_cancel_is_stored_cancelled(settings: Settings, store: Sqlit
 
 
 def test_tombstone_first_then_create_stays_cancelled(settings: Settings, store: SqliteStore, group: str) -> None:
-    [timer] = make_timers(1, prefix="tomb")
+    [timer] = batch(1, prefix="tomb")
     store.cancel(timer.timer_id, fallback=timer)  # cancelled while its create was still in the queue
     submit(settings.kafka_bootstrap, settings.topic, [timer])
     with consumer_thread(settings, store, group):
@@ -221,7 +210,7 @@ class FlakyStore:
 def test_store_down_commits_nothing_then_stores_everything_once(
     settings: Settings, store: SqliteStore, group: str
 ) -> None:
-    submit(settings.kafka_bootstrap, settings.topic, make_timers(300))
+    submit(settings.kafka_bootstrap, settings.topic, batch(300))
     flaky = FlakyStore(store, failures=2)
     consumer = Consumer(settings, flaky, group_id=group, max_poll_interval_ms=TEST_POLL_INTERVAL_MS)
     try:
@@ -256,7 +245,7 @@ def test_store_down_commits_nothing_then_stores_everything_once(
 
 
 def test_store_down_in_the_loop_backs_off_and_recovers(settings: Settings, store: SqliteStore, group: str) -> None:
-    submit(settings.kafka_bootstrap, settings.topic, make_timers(500))
+    submit(settings.kafka_bootstrap, settings.topic, batch(500))
     flaky = FlakyStore(store, failures=2)
     with consumer_thread(settings, flaky, group):
         wait_for(lambda: store.counts()[Status.SCHEDULED] == 500, 30, "500 timers after the outage")
@@ -275,7 +264,7 @@ def test_waits_for_an_unreachable_broker_and_stops_cleanly_when_it_is_lost(
         with consumer_thread(settings, store, group):
             wait_for(lambda: f"{broker.bootstrap} is unavailable" in caplog.text, 15, "a failed connect")
             broker.start()  # the consumer, backing off, connects on its next attempt (and creates the topic)
-            submit(broker.bootstrap, "outage", make_timers(20, prefix="o"))
+            submit(broker.bootstrap, "outage", batch(20, prefix="o"))
             wait_for(lambda: store.counts()[Status.SCHEDULED] == 20, 30, "timers once the broker is up")
             broker.stop()  # lost while connected: the daemon must neither crash nor hang on stop
     finally:
@@ -297,48 +286,55 @@ sys.exit(serve(load_settings(), flag, group_id=os.environ["TEST_GROUP"], max_rec
 """
 
 
-def start_consumer_process(settings: Settings, group: str, log: Path, **extra_env: str) -> subprocess.Popen[bytes]:
-    env = {
-        **extra_env,
-        **os.environ,
-        "TIMERCTL_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
-        "TIMERCTL_TOPIC": settings.topic,
-        "TIMERCTL_DB": settings.db_path,
-        "TIMERCTL_CONFIG": os.devnull,
-        "TEST_GROUP": group,
-        "TEST_POLL_INTERVAL_MS": str(TEST_POLL_INTERVAL_MS),
-    }
-    with open(log, "ab") as out:
-        return subprocess.Popen([sys.executable, "-c", ENTRY], env=env, stdout=out, stderr=subprocess.STDOUT)
+@pytest.fixture
+def start_consumer(settings: Settings, group: str, tmp_path: Path) -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
+    """Start the consumer daemon as a process (``ENTRY``) in ``group``, logging to ``tmp_path/consumer.log``;
+    ``extra_env`` adds variables. Whatever still runs at the end of the test is killed."""
+    started: list[subprocess.Popen[bytes]] = []
+
+    def start(**extra_env: str) -> subprocess.Popen[bytes]:
+        env = {
+            **process_env(
+                tmp_path, db=settings.db_path, kafka_bootstrap=settings.kafka_bootstrap, topic=settings.topic
+            ),
+            "TEST_GROUP": group,
+            "TEST_POLL_INTERVAL_MS": str(TEST_POLL_INTERVAL_MS),
+            **extra_env,
+        }
+        with open(tmp_path / "consumer.log", "ab") as out:
+            proc = subprocess.Popen([sys.executable, "-c", ENTRY], env=env, stdout=out, stderr=subprocess.STDOUT)
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
 
 
 def test_process_killed_mid_ingest_restarts_without_loss_and_stops_on_sigterm(
-    settings: Settings, group: str, tmp_path: Path
+    settings: Settings, group: str, tmp_path: Path, start_consumer: Callable[..., subprocess.Popen[bytes]]
 ) -> None:
     db, log = Path(settings.db_path), tmp_path / "consumer.log"
-    chunks = [make_timers(5000, prefix="k")[i : i + 500] for i in range(0, 5000, 500)]
+    chunks = [batch(5000, prefix="k")[i : i + 500] for i in range(0, 5000, 500)]
     submit(settings.kafka_bootstrap, settings.topic, chunks[0])
-    process = start_consumer_process(settings, group, log)
-    try:
-        wait_for(lambda: db.exists() and count_rows(db) >= 500, 30, "the first chunk stored")
-        for chunk in chunks[1:5]:
-            submit(settings.kafka_bootstrap, settings.topic, chunk)
-        process.kill()  # mid-ingest: batches polled but not yet stored or committed
-        assert process.wait(10) == -signal.SIGKILL
-        assert count_rows(db) < 2500
-        for chunk in chunks[5:]:
-            submit(settings.kafka_bootstrap, settings.topic, chunk)
+    process = start_consumer()
+    wait_for(lambda: db.exists() and count_rows(db) >= 500, 30, "the first chunk stored")
+    for chunk in chunks[1:5]:
+        submit(settings.kafka_bootstrap, settings.topic, chunk)
+    process.kill()  # mid-ingest: batches polled but not yet stored or committed
+    assert process.wait(10) == -signal.SIGKILL
+    assert count_rows(db) < 2500
+    for chunk in chunks[5:]:
+        submit(settings.kafka_bootstrap, settings.topic, chunk)
 
-        process = start_consumer_process(settings, group, log)
-        wait_for(lambda: count_rows(db) == 5000, 45, "all 5000 timers after the restart")
-        wait_fully_committed(settings.kafka_bootstrap, settings.topic, group, 5000)
+    process = start_consumer()
+    wait_for(lambda: count_rows(db) == 5000, 45, "all 5000 timers after the restart")
+    wait_fully_committed(settings.kafka_bootstrap, settings.topic, group, 5000)
 
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(15) == 0, log.read_text()
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(10)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(15) == 0, log.read_text()
     store = SqliteStore(str(db))
     try:
         assert store.counts()[Status.SCHEDULED] == 5000
@@ -357,21 +353,16 @@ def ids_below_committed(bootstrap: str, topic: str, group: str, total: int) -> s
 
 
 def test_sigterm_mid_ingest_finishes_the_batch_commits_and_exits_0(
-    settings: Settings, group: str, tmp_path: Path
+    settings: Settings, group: str, tmp_path: Path, start_consumer: Callable[..., subprocess.Popen[bytes]]
 ) -> None:
     db, log = Path(settings.db_path), tmp_path / "consumer.log"
-    submit(settings.kafka_bootstrap, settings.topic, make_timers(5000, prefix="s"))
+    submit(settings.kafka_bootstrap, settings.topic, batch(5000, prefix="s"))
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as systemd:
         systemd.bind(str(tmp_path / "notify.sock"))
-        process = start_consumer_process(settings, group, log, NOTIFY_SOCKET=str(tmp_path / "notify.sock"))
-        try:
-            wait_for(lambda: db.exists() and count_rows(db) >= 500, 30, "ingest to start")
-            process.send_signal(signal.SIGTERM)
-            assert process.wait(15) == 0, log.read_text()
-        finally:
-            if process.poll() is None:
-                process.kill()
-                process.wait(10)
+        process = start_consumer(NOTIFY_SOCKET=str(tmp_path / "notify.sock"))
+        wait_for(lambda: db.exists() and count_rows(db) >= 500, 30, "ingest to start")
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(15) == 0, log.read_text()
         systemd.settimeout(1)
         assert [systemd.recv(64), systemd.recv(64)] == [b"READY=1", b"STOPPING=1"]
     store = SqliteStore(str(db))

@@ -1,4 +1,9 @@
-"""KafkaQueue and the wire format: pure encode/decode cases, then submits against a real broker."""
+"""KafkaQueue and the wire format (``queue/kafka.py``): pure encode/decode cases, the rule that a create record
+describes a new timer, then submits against a real broker.
+
+Before that rule a foreign producer's ``"timerStatus": "Running"`` was stored as Running with no lease and
+never fired. What the consumer does with a refused record is in ``test_consumer.py``.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +12,15 @@ import json
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any
 
 import pytest
 
-from tests.fixtures_kafka import TansuBroker, free_port, read_topic
-from timerctl.model import BackendUnavailable, InvalidInput, Status, Timer
+from tests.factories import make_timer
+from tests.fixtures_kafka import TansuBroker, read_topic
+from tests.polling import free_port
+from timerctl.model import BackendUnavailable, InvalidInput, Status, format_instant, utc
 from timerctl.queue.kafka import (
     MAX_DEAD_LETTER_VALUE,
     PRODUCER_CONFIG,
@@ -28,28 +36,27 @@ from timerctl.queue.kafka import (
 NOW = datetime(2026, 11, 25, 17, 0, tzinfo=UTC)
 
 
-def make_timer(timer_id: str = "t-1", **changes: Any) -> Timer:
-    fields: dict[str, Any] = {
-        "timer_id": timer_id,
-        "webhook_url": "https://hooks.example.com/fire?x=1",
-        "expiry_time": NOW + timedelta(hours=1),
-        "created_at": NOW,
-        "payload": {"order": 42, "note": "grüße"},
-    }
-    return Timer(**{**fields, **changes})
+#: ``order_timer(timer_id="t-1", **fields)``: created at NOW, expiring an hour later, with an order's payload.
+order_timer = partial(
+    make_timer, now=NOW, url="https://hooks.example.com/fire?x=1", payload={"order": 42, "note": "grüße"}
+)
+
+
+def value(timer: dict[str, Any]) -> bytes:
+    """A create record (envelope version 1) carrying ``timer`` as its timer."""
+    return json.dumps({"v": 1, "op": "create", "timer": timer}).encode()
 
 
 def create_value(**timer_changes: Any) -> bytes:
-    record = make_timer().to_record()
-    record.update(timer_changes)
-    return json.dumps({"v": 1, "op": "create", "timer": record}).encode()
+    """A create record of ``order_timer()`` with ``timer_changes`` made to its record."""
+    return value(order_timer().to_record() | timer_changes)
 
 
 # --- wire format -------------------------------------------------------------------------------------
 
 
 def test_create_round_trips() -> None:
-    timer = make_timer()
+    timer = order_timer()
     value = encode_create(timer)
     assert json.loads(value)["v"] == 1 and json.loads(value)["op"] == "create"
     assert decode(value) == Message("create", "t-1", timer)
@@ -124,12 +131,71 @@ def test_dead_letter_keeps_text_or_base64_and_cuts_huge_values() -> None:
     assert dlq_topic("timers") == "timers.dlq"
 
 
+# --- a create record must describe a new timer ----------------------------------------------------------
+
+MADE = utc(datetime.now(UTC))
+EXPIRY = MADE + timedelta(hours=1)
+
+
+def record(timer_id: str = "t-1", **changes: Any) -> dict[str, Any]:
+    """The record of a new timer made at MADE (due at EXPIRY), with ``changes``."""
+    return make_timer(timer_id, now=MADE, url="https://hooks.example.com/x", payload={"k": 1}).to_record() | changes
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        pytest.param({}, id="as-encoded"),
+        pytest.param({"timerStatus": "Scheduled", "attempts": 0, "firedAt": None, "lastError": None}, id="explicit"),
+        pytest.param({"dueAt": format_instant(EXPIRY)}, id="due-at-expiry"),
+    ],
+)
+def test_a_new_timer_is_accepted(changes: dict[str, Any]) -> None:
+    message = decode(value(record(**changes)))
+    assert message.timer is not None and message.timer.status is Status.SCHEDULED
+
+
+def test_fields_a_new_timer_does_not_have_may_be_left_out() -> None:
+    minimal = {k: v for k, v in record().items() if k in ("timerId", "webhookUrl", "expiryTime", "createdAt")}
+    message = decode(value(minimal))
+    assert message.timer == make_timer("t-1", now=MADE, url="https://hooks.example.com/x")
+
+
+@pytest.mark.parametrize(
+    ("changes", "fault"),
+    [
+        pytest.param({"timerStatus": "Running"}, "timerStatus is 'Running'", id="running"),
+        pytest.param({"timerStatus": "Finished"}, "timerStatus is 'Finished'", id="finished"),
+        pytest.param({"timerStatus": "Cancelled"}, "timerStatus is 'Cancelled'", id="cancelled"),
+        pytest.param({"attempts": 3}, "attempts is 3", id="attempts"),
+        pytest.param({"firedAt": format_instant(MADE)}, "firedAt is set", id="fired"),
+        pytest.param({"lastError": "HTTP 500"}, "lastError is set", id="last-error"),
+        pytest.param({"dueAt": format_instant(MADE)}, "dueAt differs from expiryTime", id="early-due"),
+        pytest.param(
+            {"timerStatus": "Failed", "attempts": 8, "lastError": "gave up"},
+            "timerStatus is 'Failed', attempts is 8, lastError is set",
+            id="all-at-once",
+        ),
+    ],
+)
+def test_a_record_of_a_timer_past_new_is_refused_naming_the_fields(changes: dict[str, Any], fault: str) -> None:
+    with pytest.raises(InvalidInput) as info:
+        decode(value(record(**changes)))
+    assert str(info.value).startswith(f"create record is not a new timer: {fault}; expected timerStatus Scheduled")
+
+
+def test_lease_fields_are_never_taken_from_a_record() -> None:
+    message = decode(value(record(leaseOwner="intruder", leaseUntil=format_instant(EXPIRY + timedelta(days=9)))))
+    assert message.timer is not None
+    assert (message.timer.lease_owner, message.timer.lease_until) == (None, None)
+
+
 # --- against the broker -------------------------------------------------------------------------------
 
 
 def test_submit_publishes_keyed_records_acknowledged_by_all(kafka_bootstrap: str, kafka_topic: str) -> None:
     queue = KafkaQueue(kafka_bootstrap, kafka_topic)
-    timers = [make_timer(f"sub-{i}", payload={"i": i}) for i in range(50)]
+    timers = [order_timer(f"sub-{i}", payload={"i": i}) for i in range(50)]
     try:
         queue.submit(timers)
         queue.submit_cancel("sub-7")
@@ -166,7 +232,7 @@ def test_ping_answers_when_the_broker_is_up(kafka_bootstrap: str, kafka_topic: s
 
 def test_unreachable_broker_is_backend_unavailable_within_10s() -> None:
     bootstrap = f"127.0.0.1:{free_port()}"
-    calls: list[Callable[[KafkaQueue], object]] = [lambda q: q.submit([make_timer()]), lambda q: q.ping()]
+    calls: list[Callable[[KafkaQueue], object]] = [lambda q: q.submit([order_timer()]), lambda q: q.ping()]
     for call in calls:
         queue = KafkaQueue(bootstrap, "timers")
         started = time.monotonic()
@@ -182,19 +248,19 @@ def test_unreachable_broker_is_backend_unavailable_within_10s() -> None:
 def test_broker_lost_after_connecting_is_backend_unavailable_within_10s(private_kafka_broker: TansuBroker) -> None:
     queue = KafkaQueue(private_kafka_broker.bootstrap, "lost")
     try:
-        queue.submit([make_timer("before")])
+        queue.submit([order_timer("before")])
         private_kafka_broker.stop()
         started = time.monotonic()
         with pytest.raises(BackendUnavailable, match=private_kafka_broker.bootstrap):
-            queue.submit([make_timer("after")])
+            queue.submit([order_timer("after")])
         assert time.monotonic() - started < 10
     finally:
         queue.close()
 
 
 def test_a_create_of_a_timer_past_scheduled_is_refused() -> None:
-    """A create record must describe a new timer (rule in timerctl/queue/kafka.py; cases in test_kafka_create_rule)."""
-    timer = make_timer(status=Status.RUNNING, attempts=2, last_error="HTTP 503")
+    """A create record must describe a new timer (rule in timerctl/queue/kafka.py; its cases below)."""
+    timer = order_timer(status=Status.RUNNING, attempts=2, last_error="HTTP 503")
     with pytest.raises(
         InvalidInput, match="not a new timer: timerStatus is 'Running', attempts is 2, lastError is set"
     ):

@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
-import sys
 import urllib.request
 from pathlib import Path
 
+from tests.factories import TIMERCTL, process_env, timerctl
 from tests.fixtures_http import Receiver, wait_until
-from tests.fixtures_kafka import free_port
+from tests.polling import free_port
 
-TIMERCTL = str(Path(sys.executable).parent / "timerctl")
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 
 
@@ -35,8 +33,7 @@ def scrape(port: int) -> dict[str, float]:
 def test_runner_metrics_move_and_json_logs_parse_without_secrets(receiver: Receiver, tmp_path: Path) -> None:
     port = free_port()
     db = tmp_path / "t.db"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TIMERCTL_")}
-    env.update(TIMERCTL_DB=str(db), TIMERCTL_POLL_INTERVAL="0.1", TIMERCTL_SIGNING_SECRET=SECRET)
+    env = process_env(tmp_path, db=str(db), poll_interval="0.1", signing_secret=SECRET)
     log_path = tmp_path / "runner.log"
     with log_path.open("w") as log:
         runner = subprocess.Popen(
@@ -50,13 +47,10 @@ def test_runner_metrics_move_and_json_logs_parse_without_secrets(receiver: Recei
         assert before["timerctl_firing_lateness_seconds_count"] == 0.0
         ids = []
         for n in range(3):
-            created = subprocess.run(
-                [TIMERCTL, "create", "--url", receiver.url(f"/m{n}") + "?token=hush-hush", "--in", "0s", "--json"],
-                env=env,
-                capture_output=True,
-                text=True,
-                check=True,
+            created = timerctl(
+                env, "create", "--url", receiver.url(f"/m{n}") + "?token=hush-hush", "--in", "0s", "--json"
             )
+            assert created.returncode == 0, created.stderr
             ids.append(json.loads(created.stdout)["timerId"])
         receiver.wait_for(3, timeout=15)
         after = wait_until(

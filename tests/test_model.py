@@ -1,6 +1,7 @@
-"""The pure core: validation, the status state machine, the JSON forms, specs and retries.
+"""The pure core (``model.py``): validation, the status state machine, the JSON forms and retries.
 
 Every instant is fixed (``NOW``); nothing here reads the clock, the machine's zone or randomness.
+``TimerSpec`` (what a create asks for) is tested with the building of specs, in ``test_spec.py``.
 """
 
 from __future__ import annotations
@@ -9,13 +10,20 @@ import json
 import re
 import uuid
 from datetime import UTC, datetime, timedelta, timezone
+from functools import partial
 from typing import Any
-from zoneinfo import ZoneInfo
 
 import pytest
 
+from tests.factories import (
+    INSTANT_RE,
+    MAX_PAYLOAD_TEXT_BYTES,
+    PUBLIC_KEYS,
+    json_string_of_bytes,
+    make_timer,
+    url_of_length,
+)
 from timerctl.model import (
-    DEFAULT_HORIZON,
     MAX_PAYLOAD_BYTES,
     MAX_URL_LENGTH,
     Conflict,
@@ -24,7 +32,6 @@ from timerctl.model import (
     RetryPolicy,
     Status,
     Timer,
-    TimerSpec,
     can_transition,
     cancel,
     encode_payload,
@@ -36,48 +43,14 @@ from timerctl.model import (
     validate_timer_id,
     validate_url,
 )
-from timerctl.spec import build_spec, spec_from_mapping
 
 NOW = datetime(2030, 1, 1, 12, 0, 0, tzinfo=UTC)
 MS = timedelta(milliseconds=1)
 URL = "https://hooks.example.com/fire"
-PARIS = ZoneInfo("Europe/Paris")
-INSTANT_RE = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
-PUBLIC_KEYS = {
-    "timerId",
-    "webhookUrl",
-    "expiryTime",
-    "createdAt",
-    "timerStatus",
-    "timeLeft",
-    "payload",
-    "attempts",
-    "firedAt",
-    "lastError",
-}
 
 
-def make(status: Status = Status.SCHEDULED, **changes: Any) -> Timer:
-    """A timer expiring a minute after NOW, created an hour before it."""
-    fields: dict[str, Any] = {
-        "timer_id": "t-1",
-        "webhook_url": URL,
-        "expiry_time": NOW + timedelta(minutes=1),
-        "created_at": NOW - timedelta(hours=1),
-        "status": status,
-    }
-    fields.update(changes)
-    return Timer(**fields)
-
-
-def url_of_length(n: int) -> str:
-    base = "https://example.com/"
-    return base + "a" * (n - len(base))
-
-
-def json_string_of_bytes(n: int) -> str:
-    """A JSON string literal whose encoded text is exactly ``n`` bytes."""
-    return '"' + "a" * (n - 2) + '"'
+#: ``make(**fields)``: timer ``t-1`` (Scheduled unless ``status=``), due a minute after NOW, created an hour before.
+make = partial(make_timer, "t-1", NOW + timedelta(minutes=1), url=URL, created_at=NOW - timedelta(hours=1))
 
 
 # --- the state machine ---------------------------------------------------------------------------------
@@ -94,7 +67,7 @@ ALL_PAIRS = [(src, dst) for src in Status for dst in Status]
 )
 def test_transition_table(src: Status, dst: Status, allowed: bool) -> None:
     assert can_transition(src, dst) is allowed
-    timer = make(src)
+    timer = make(status=src)
     if allowed:
         moved = timer.move(dst, attempts=3)
         assert (moved.status, moved.attempts, timer.status) == (dst, 3, src)
@@ -133,7 +106,7 @@ def test_parse_status_rejects_naming_accepted_values(text: str) -> None:
 
 
 def test_cancel_scheduled_clears_the_lease() -> None:
-    timer = make(S, lease_owner="runner-a", lease_until=NOW)
+    timer = make(status=S, lease_owner="runner-a", lease_until=NOW)
     done = cancel(timer)
     assert (done.status, done.lease_owner, done.lease_until) == (C, None, None)
     assert timer.status is S  # frozen: the original is untouched
@@ -142,7 +115,7 @@ def test_cancel_scheduled_clears_the_lease() -> None:
 @pytest.mark.parametrize("status", [pytest.param(s, id=s.value) for s in Status if s is not S])
 def test_cancel_conflict_names_the_status(status: Status) -> None:
     with pytest.raises(Conflict) as info:
-        cancel(make(status))
+        cancel(make(status=status))
     assert str(info.value) == f"timer t-1 is {status.value}; only a Scheduled timer can be cancelled"
     assert info.value.exit_code == 4
 
@@ -383,195 +356,15 @@ def test_parse_payload_rejects(text: str, fragment: str) -> None:
         parse_payload(text)
 
 
-# --- TimerSpec -------------------------------------------------------------------------------------------
+def test_payload_text_over_1MiB_is_refused_before_parsing(monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_parse(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("the text was parsed")
 
-SMALL_HORIZON = timedelta(minutes=10)
-
-
-@pytest.mark.parametrize(
-    "spec",
-    [
-        pytest.param(TimerSpec(URL, delay=timedelta(0)), id="zero-delay"),
-        pytest.param(TimerSpec(URL, delay=SMALL_HORIZON), id="delay-exactly-horizon"),
-        pytest.param(TimerSpec(URL, expiry_time=NOW), id="at-now"),
-        pytest.param(TimerSpec(URL, expiry_time=NOW + SMALL_HORIZON), id="at-exactly-horizon"),
-        pytest.param(TimerSpec(URL, delay=timedelta(seconds=1), timer_id="x" * 128), id="id-128"),
-        pytest.param(TimerSpec(URL, delay=timedelta(seconds=1), payload={"k": "v"}), id="payload"),
-    ],
-)
-def test_spec_validate_accepts(spec: TimerSpec) -> None:
-    spec.validate(NOW, SMALL_HORIZON)
-
-
-@pytest.mark.parametrize(
-    ("spec", "fragment"),
-    [
-        pytest.param(TimerSpec(URL), "exactly one", id="no-time"),
-        pytest.param(
-            TimerSpec(URL, expiry_time=NOW, delay=timedelta(seconds=1)), "exactly one", id="both-delay-and-instant"
-        ),
-        pytest.param(TimerSpec(URL, delay=-MS), "negative", id="negative-delay"),
-        pytest.param(TimerSpec(URL, delay=SMALL_HORIZON + MS), "beyond the horizon", id="delay-past-horizon"),
-        pytest.param(TimerSpec(URL, expiry_time=NOW - MS), "in the past", id="at-1ms-ago"),
-        pytest.param(TimerSpec(URL, expiry_time=NOW + SMALL_HORIZON + MS), "beyond the horizon", id="at-past-horizon"),
-        pytest.param(TimerSpec("ftp://example.com", delay=timedelta(0)), "http:// or https://", id="bad-url"),
-        pytest.param(TimerSpec(URL, delay=timedelta(0), timer_id="x" * 129), "1-128 characters", id="id-129"),
-        pytest.param(TimerSpec(URL, delay=timedelta(0), timer_id=""), "1-128 characters", id="empty-id"),
-        pytest.param(
-            TimerSpec(URL, delay=timedelta(0), payload="a" * MAX_PAYLOAD_BYTES), "at most 65536", id="payload-too-big"
-        ),
-    ],
-)
-def test_spec_validate_rejects(spec: TimerSpec, fragment: str) -> None:
-    with pytest.raises(InvalidInput, match=fragment):
-        spec.validate(NOW, SMALL_HORIZON)
-    with pytest.raises(InvalidInput, match=fragment):
-        spec.resolve(NOW, SMALL_HORIZON)
-
-
-def test_default_horizon_is_365_days() -> None:
-    TimerSpec(URL, delay=timedelta(days=365)).validate(NOW)
-    with pytest.raises(InvalidInput, match="horizon"):
-        TimerSpec(URL, delay=timedelta(days=365) + MS).validate(NOW)
-    assert timedelta(days=365) == DEFAULT_HORIZON
-
-
-def test_resolve_delay_truncates_to_ms_and_generates_uuid4() -> None:
-    now = NOW + timedelta(microseconds=123_456)
-    timer = TimerSpec(URL, delay=timedelta(seconds=90), payload={"a": 1}).resolve(now)
-    assert timer.created_at == NOW + timedelta(milliseconds=123)
-    assert timer.expiry_time == timer.due_at == NOW + timedelta(seconds=90, milliseconds=123)
-    assert (timer.status, timer.attempts, timer.payload, timer.webhook_url) == (S, 0, {"a": 1}, URL)
-    assert uuid.UUID(timer.timer_id).version == 4
-
-
-@pytest.mark.parametrize(
-    ("timer_id", "new_id", "expected"),
-    [
-        pytest.param("mine", None, "mine", id="given-id"),
-        pytest.param("mine", "generated", "mine", id="given-id-beats-new-id"),
-        pytest.param(None, "generated", "generated", id="new-id"),
-    ],
-)
-def test_resolve_ids(timer_id: str | None, new_id: str | None, expected: str) -> None:
-    spec = TimerSpec(URL, expiry_time=NOW + timedelta(hours=1), timer_id=timer_id)
-    timer = spec.resolve(NOW, new_id=new_id)
-    assert (timer.timer_id, timer.expiry_time) == (expected, NOW + timedelta(hours=1))
-
-
-STORED = TimerSpec(URL, delay=timedelta(seconds=90), payload={"a": 1, "b": [1, 2]}, timer_id="job").resolve(NOW)
-
-
-@pytest.mark.parametrize(
-    ("spec", "matches"),
-    [
-        pytest.param(TimerSpec(URL, delay=timedelta(seconds=90), payload={"a": 1, "b": [1, 2]}), True, id="same-in"),
-        pytest.param(
-            TimerSpec(URL, expiry_time=NOW + timedelta(seconds=90), payload={"a": 1, "b": [1, 2]}),
-            True,
-            id="same-instant",
-        ),
-        pytest.param(
-            TimerSpec(URL, delay=timedelta(seconds=90), payload={"b": [1, 2], "a": 1}), True, id="key-order-ignored"
-        ),
-        pytest.param(
-            TimerSpec(URL + "x", delay=timedelta(seconds=90), payload={"a": 1, "b": [1, 2]}), False, id="other-url"
-        ),
-        pytest.param(TimerSpec(URL, delay=timedelta(seconds=91), payload={"a": 1, "b": [1, 2]}), False, id="other-in"),
-        pytest.param(
-            TimerSpec(URL, expiry_time=NOW + timedelta(seconds=91), payload={"a": 1, "b": [1, 2]}),
-            False,
-            id="other-instant",
-        ),
-        pytest.param(TimerSpec(URL, delay=timedelta(seconds=90), payload={"a": 2, "b": [1, 2]}), False, id="payload"),
-        pytest.param(
-            TimerSpec(URL, delay=timedelta(seconds=90), payload={"a": 1, "b": [2, 1]}), False, id="list-order"
-        ),
-        pytest.param(
-            TimerSpec(URL, delay=timedelta(seconds=90), payload={"a": True, "b": [1, 2]}), False, id="true-is-not-1"
-        ),
-        pytest.param(TimerSpec(URL, delay=timedelta(seconds=90)), False, id="no-payload"),
-    ],
-)
-def test_spec_matches(spec: TimerSpec, matches: bool) -> None:
-    # The later clock of a retried create must not matter: matching compares against the stored timer only.
-    assert spec.matches(STORED) is matches
-
-
-# --- building specs from CLI options and JSON objects ----------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("kwargs", "expected"),
-    [
-        pytest.param({"delay": "90s"}, TimerSpec(URL, delay=timedelta(seconds=90)), id="in"),
-        pytest.param(
-            {"at": "2030-01-01T13:00:00"}, TimerSpec(URL, expiry_time=datetime(2030, 1, 1, 12, tzinfo=UTC)), id="at"
-        ),
-        pytest.param({"hours": 1, "minutes": 59}, TimerSpec(URL, delay=timedelta(hours=1, minutes=59)), id="hms"),
-        pytest.param({"seconds": 0}, TimerSpec(URL, delay=timedelta(0)), id="hms-zero"),
-        pytest.param(
-            {"delay": "0s", "payload": [1], "timer_id": "k"},
-            TimerSpec(URL, delay=timedelta(0), payload=[1], timer_id="k"),
-            id="payload-and-id",
-        ),
-    ],
-)
-def test_build_spec(kwargs: dict[str, Any], expected: TimerSpec) -> None:
-    assert build_spec(URL, PARIS, **kwargs) == expected
-
-
-@pytest.mark.parametrize(
-    ("kwargs", "fragment"),
-    [
-        pytest.param({}, "exactly one", id="no-time-form"),
-        pytest.param({"delay": "1s", "at": "2030-01-01T00:00:00Z"}, "exactly one", id="in-and-at"),
-        pytest.param({"delay": "1s", "seconds": 1}, "exactly one", id="in-and-hms"),
-        pytest.param({"delay": "-5s"}, "negative", id="negative-in"),
-        pytest.param({"at": "later"}, "invalid time", id="bad-at"),
-        pytest.param({"minutes": 60}, "minutes must be 0-59", id="minutes-60"),
-        pytest.param({"hours": 1.5}, "hours must be an integer", id="float-hours"),
-        pytest.param({"seconds": True}, "seconds must be an integer", id="bool-seconds"),
-    ],
-)
-def test_build_spec_rejects(kwargs: dict[str, Any], fragment: str) -> None:
-    with pytest.raises(InvalidInput, match=fragment):
-        build_spec(URL, PARIS, **kwargs)
-
-
-@pytest.mark.parametrize(
-    ("data", "expected"),
-    [
-        pytest.param({"url": URL, "in": "90s"}, TimerSpec(URL, delay=timedelta(seconds=90)), id="short-names"),
-        pytest.param(
-            {"webhookUrl": URL, "expiryTime": "2030-01-01T12:00:00Z", "timerId": "k", "payload": {"a": 1}},
-            TimerSpec(URL, expiry_time=NOW, timer_id="k", payload={"a": 1}),
-            id="old-service-names",
-        ),
-        pytest.param(
-            {"url": URL, "hours": 0, "minutes": 1}, TimerSpec(URL, delay=timedelta(minutes=1)), id="hms-fields"
-        ),
-    ],
-)
-def test_spec_from_mapping(data: dict[str, Any], expected: TimerSpec) -> None:
-    assert spec_from_mapping(data, PARIS) == expected
-
-
-@pytest.mark.parametrize(
-    ("data", "fragment"),
-    [
-        pytest.param([1], "must be a JSON object", id="not-an-object"),
-        pytest.param({"url": URL, "in": "1s", "colour": "red"}, "unknown field 'colour'", id="unknown-field"),
-        pytest.param({"in": "1s"}, "missing webhook URL", id="no-url"),
-        pytest.param({"url": URL, "webhookUrl": URL, "in": "1s"}, "not both", id="url-twice"),
-        pytest.param({"url": URL, "in": 90}, "field 'in' must be a string", id="in-not-a-string"),
-        pytest.param({"url": 5, "in": "1s"}, "field 'url' must be a string", id="url-not-a-string"),
-        pytest.param({"url": URL, "minutes": "5"}, "minutes must be an integer", id="minutes-string"),
-    ],
-)
-def test_spec_from_mapping_rejects(data: Any, fragment: str) -> None:
-    with pytest.raises(InvalidInput, match=fragment):
-        spec_from_mapping(data, PARIS)
+    monkeypatch.setattr("timerctl.model.json.loads", no_parse)
+    with pytest.raises(InvalidInput, match=r"^payload text is over 1048576 bytes \(1 MiB\)"):
+        parse_payload("[" + " " * MAX_PAYLOAD_TEXT_BYTES + "1]")
+    with pytest.raises(InvalidInput, match="over 1048576 bytes"):
+        parse_payload('"' + "é" * (MAX_PAYLOAD_TEXT_BYTES // 2) + '"')  # counted in bytes, not characters
 
 
 # --- the JSON forms --------------------------------------------------------------------------------------
@@ -579,7 +372,7 @@ def test_spec_from_mapping_rejects(data: Any, fragment: str) -> None:
 
 def test_to_json_exact_keys_and_formats() -> None:
     timer = make(
-        F,
+        status=F,
         payload={"n": 1},
         attempts=2,
         fired_at=NOW + timedelta(minutes=1, milliseconds=7),
@@ -636,7 +429,7 @@ def test_time_left(before_expiry: timedelta, left: int) -> None:
         pytest.param(make(), id="new"),
         pytest.param(
             make(
-                X,
+                status=X,
                 payload={"deep": [1, {"x": None}], "s": "caf\u00e9"},
                 attempts=8,
                 fired_at=NOW,
@@ -645,7 +438,7 @@ def test_time_left(before_expiry: timedelta, left: int) -> None:
             ),
             id="failed-with-everything",
         ),
-        pytest.param(make(S, attempts=1, due_at=NOW + timedelta(seconds=2)), id="retry-due-later"),
+        pytest.param(make(status=S, attempts=1, due_at=NOW + timedelta(seconds=2)), id="retry-due-later"),
     ],
 )
 def test_record_round_trip(timer: Timer) -> None:

@@ -9,7 +9,6 @@ manager is needed.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shlex
 import shutil
@@ -28,7 +27,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.fixtures_daemons import TIMERCTL
+from tests.factories import TIMERCTL, process_env
 from tests.fixtures_http import Receiver
 from timerctl.config import OPTIONS, Settings, load_settings
 from timerctl.timeparse import parse_duration
@@ -105,15 +104,6 @@ def local_units(directory: Path) -> Path:
         text = re.sub(r"^(User|Group)=.*\n", "", text, flags=re.MULTILINE)
         (directory / path.name).write_text(text)
     return directory
-
-
-def clean_env(tmp_path: Path, **extra: str) -> dict[str, str]:
-    """This environment without timerctl or systemd variables, on an embedded store in ``tmp_path``."""
-    drop = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TIMERCTL_") and k not in drop}
-    config = tmp_path / "empty.toml"
-    config.touch()
-    return {**env, "TIMERCTL_CONFIG": str(config), "TIMERCTL_DB": str(tmp_path / "timers.db"), **extra}
 
 
 class NotifySocket:
@@ -374,7 +364,7 @@ def test_env_file_documents_every_setting(tmp_path: Path) -> None:
 def test_runner_ready_watchdog_stopping(
     tmp_path: Path, notify_socket: NotifySocket, daemon_procs: list[Daemon]
 ) -> None:
-    env = clean_env(tmp_path, NOTIFY_SOCKET=notify_socket.address, WATCHDOG_USEC=str(WATCHDOG_USEC))
+    env = {**process_env(tmp_path), "NOTIFY_SOCKET": notify_socket.address, "WATCHDOG_USEC": str(WATCHDOG_USEC)}
     argv = [TIMERCTL, "serve", "runner", "--log-format", "json"]
     daemon_procs.append(Daemon(argv, env, tmp_path / "runner.log"))
     check_lifecycle(daemon_procs[-1], notify_socket, watchdog=True)
@@ -385,13 +375,8 @@ def test_consumer_ready_stopping(
 ) -> None:
     # systemd passes WATCHDOG_USEC only with WatchdogSec=; a unit that sets it needs a consumer that pings.
     watchdog = "WatchdogSec" in service("consumer")
-    env = clean_env(
-        tmp_path,
-        NOTIFY_SOCKET=notify_socket.address,
-        TIMERCTL_KAFKA_BOOTSTRAP=kafka_bootstrap,
-        TIMERCTL_TOPIC=kafka_topic,
-        TIMERCTL_GROUP_PREFIX=kafka_topic,
-    )
+    settings = process_env(tmp_path, kafka_bootstrap=kafka_bootstrap, topic=kafka_topic, group_prefix=kafka_topic)
+    env = {**settings, "NOTIFY_SOCKET": notify_socket.address}
     if watchdog:
         env["WATCHDOG_USEC"] = str(WATCHDOG_USEC)
     argv = [TIMERCTL, "serve", "consumer", "--log-format", "json"]
@@ -403,7 +388,7 @@ def test_api_ready_watchdog_stopping(tmp_path: Path, notify_socket: NotifySocket
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    env = clean_env(tmp_path, NOTIFY_SOCKET=notify_socket.address, WATCHDOG_USEC=str(WATCHDOG_USEC))
+    env = {**process_env(tmp_path), "NOTIFY_SOCKET": notify_socket.address, "WATCHDOG_USEC": str(WATCHDOG_USEC)}
     argv = [TIMERCTL, "serve", "api", "--port", str(port), "--log-format", "json"]
     daemon_procs.append(Daemon(argv, env, tmp_path / "api.log"))
     check_lifecycle(daemon_procs[-1], notify_socket, watchdog=True, ready_timeout=30)
@@ -432,7 +417,7 @@ def test_runner_fires_under_memory_deny_write_execute(
 ) -> None:
     if subprocess.run([sys.executable, "-c", HARDENED], timeout=30).returncode == 77:
         pytest.skip("this kernel has no PR_SET_MDWE (Linux >= 6.3) to stand in for MemoryDenyWriteExecute=")
-    env = clean_env(tmp_path, NOTIFY_SOCKET=notify_socket.address)
+    env = {**process_env(tmp_path), "NOTIFY_SOCKET": notify_socket.address}
     argv = [sys.executable, "-c", HARDENED, TIMERCTL, "serve", "runner", "--log-format", "json"]
     daemon_procs.append(runner := Daemon(argv, env, tmp_path / "runner.log"))
     assert notify_socket.expect("READY=1", 20) == runner.proc.pid
@@ -557,13 +542,13 @@ def healthcheck_argv() -> list[str]:
 def test_image_health_check_runs_locally(tmp_path: Path) -> None:
     argv = healthcheck_argv()
     assert argv[:2] == ["timerctl", "doctor"]
-    done = subprocess.run(local_argv(argv), env=clean_env(tmp_path), capture_output=True, text=True, timeout=60)
+    done = subprocess.run(local_argv(argv), env=process_env(tmp_path), capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert all(part["ok"] for part in json.loads(done.stdout).values())
 
 
 def test_image_health_check_fails_when_a_backend_is_down(tmp_path: Path, dead_redis_url: str) -> None:
-    env = clean_env(tmp_path, TIMERCTL_REDIS_URL=dead_redis_url)
+    env = process_env(tmp_path, redis_url=dead_redis_url)
     done = subprocess.run(local_argv(healthcheck_argv()), env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 3, done.stdout + done.stderr
 
@@ -573,7 +558,7 @@ def test_compose_runner_command_runs_locally(
 ) -> None:
     runner = compose()["services"]["runner"]
     argv = json.loads(docker_instruction("ENTRYPOINT")) + runner["command"]
-    env = clean_env(tmp_path, NOTIFY_SOCKET=notify_socket.address)
+    env = {**process_env(tmp_path), "NOTIFY_SOCKET": notify_socket.address}
     for name, value in runner["environment"].items():
         assert name in COMPOSE_TO_LOCAL, f"no local equivalent for {name}={value} in the compose file"
         if COMPOSE_TO_LOCAL[name] is not None:
@@ -603,7 +588,7 @@ def test_api_health_check_against_the_api(tmp_path: Path, daemon_procs: list[Dae
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     argv = [TIMERCTL, "serve", "api", "--host", "127.0.0.1", "--port", str(port)]
-    daemon_procs.append(api := Daemon(argv, clean_env(tmp_path), tmp_path / "api.log"))
+    daemon_procs.append(api := Daemon(argv, process_env(tmp_path), tmp_path / "api.log"))
     deadline = time.monotonic() + 30
     while subprocess.run(api_probe(port), capture_output=True, timeout=30).returncode != 0:
         assert api.proc.poll() is None and time.monotonic() < deadline, api.tail()

@@ -1,18 +1,19 @@
-"""RedisCache against a real Redis (``redis_url``) and against servers that are down or hung."""
+"""RedisCache against a real Redis (``redis_url``) and against servers that are down or hung; its redaction."""
 
 from __future__ import annotations
 
 import json
-import socket
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from functools import partial
 
 import pytest
 import redis
 
+from tests.factories import make_timer
+from tests.hostile_servers import RawServer
 from timerctl.cache.redis import RedisCache
 from timerctl.model import BackendUnavailable, InvalidInput, Status, Timer, utc
 
@@ -21,18 +22,17 @@ GRACE_S = 60
 GRACE = timedelta(seconds=GRACE_S)
 
 
-def make_timer(now: datetime, timer_id: str = "t-1", expiry_in: float = 600.0) -> Timer:
-    return Timer(
-        timer_id=timer_id,
-        webhook_url="https://hooks.example.com/fire?x=1",
-        expiry_time=now + timedelta(seconds=expiry_in),
-        created_at=now,
-    )
-
-
 @pytest.fixture
 def now() -> datetime:
     return utc(datetime.now(UTC))
+
+
+@pytest.fixture
+def new_timer(now: datetime) -> Callable[..., Timer]:
+    """``new_timer(timer_id="t-1", expiry=...)``: created ``now``, expiring 600 s later unless told otherwise."""
+    return partial(
+        make_timer, expiry=now + timedelta(seconds=600), url="https://hooks.example.com/fire?x=1", created_at=now
+    )
 
 
 @pytest.fixture
@@ -54,9 +54,9 @@ def client(redis_url: str) -> Iterator[redis.Redis]:
     c.close()
 
 
-def test_put_get_round_trips_every_field(cache: RedisCache, now: datetime) -> None:
+def test_put_get_round_trips_every_field(cache: RedisCache, now: datetime, new_timer: Callable[..., Timer]) -> None:
     timer = replace(
-        make_timer(now, "order-42:reminder"),
+        new_timer("order-42:reminder"),
         status=Status.RUNNING,
         payload={"order": 42, "tags": ["a", "ü"], "nested": {"ok": True, "n": None}},
         attempts=3,
@@ -73,9 +73,9 @@ def test_put_get_round_trips_every_field(cache: RedisCache, now: datetime) -> No
 
 
 def test_value_is_the_timer_record_under_the_prefixed_key(
-    cache: RedisCache, client: redis.Redis, now: datetime
+    cache: RedisCache, client: redis.Redis, now: datetime, new_timer: Callable[..., Timer]
 ) -> None:
-    timer = make_timer(now)
+    timer = new_timer()
     cache.put(timer, now)
     raw = client.get(f"{PREFIX}timer:t-1")
     assert isinstance(raw, bytes)
@@ -83,30 +83,34 @@ def test_value_is_the_timer_record_under_the_prefixed_key(
     assert client.keys("timerctl:*") == []
 
 
-def test_ttl_is_time_to_expiry_plus_grace(cache: RedisCache, client: redis.Redis, now: datetime) -> None:
-    cache.put(make_timer(now, expiry_in=600), now)
+def test_ttl_is_time_to_expiry_plus_grace(
+    cache: RedisCache, client: redis.Redis, now: datetime, new_timer: Callable[..., Timer]
+) -> None:
+    cache.put(new_timer(), now)
     assert 600 + GRACE_S - 5 <= client.ttl(f"{PREFIX}timer:t-1") <= 600 + GRACE_S
 
 
 @pytest.mark.parametrize("status", [Status.FINISHED, Status.FAILED, Status.CANCELLED])
 def test_final_timer_is_kept_for_the_grace_only(
-    cache: RedisCache, client: redis.Redis, now: datetime, status: Status
+    cache: RedisCache, client: redis.Redis, now: datetime, status: Status, new_timer: Callable[..., Timer]
 ) -> None:
-    cache.put(replace(make_timer(now, expiry_in=86400), status=status), now)
+    cache.put(replace(new_timer(expiry=now + timedelta(seconds=86400)), status=status), now)
     assert GRACE_S - 5 <= client.ttl(f"{PREFIX}timer:t-1") <= GRACE_S
 
 
-def test_ttl_is_at_least_one_second(redis_url: str, client: redis.Redis, now: datetime) -> None:
+def test_ttl_is_at_least_one_second(
+    redis_url: str, client: redis.Redis, now: datetime, new_timer: Callable[..., Timer]
+) -> None:
     c = RedisCache(redis_url, grace=timedelta(0), warn=pytest.fail, prefix=PREFIX)
-    c.put(make_timer(now, expiry_in=-3600), now)
-    c.put(replace(make_timer(now, "done"), status=Status.FINISHED), now)
+    c.put(new_timer(expiry=now + timedelta(seconds=-3600)), now)
+    c.put(replace(new_timer("done"), status=Status.FINISHED), now)
     c.close()
     assert client.ttl(f"{PREFIX}timer:t-1") == 1
     assert client.ttl(f"{PREFIX}timer:done") == 1
 
 
-def test_put_overwrites_with_the_newer_state(cache: RedisCache, now: datetime) -> None:
-    timer = make_timer(now)
+def test_put_overwrites_with_the_newer_state(cache: RedisCache, now: datetime, new_timer: Callable[..., Timer]) -> None:
+    timer = new_timer()
     cache.put(timer, now)
     cache.put(replace(timer, status=Status.CANCELLED), now)
     got = cache.get("t-1")
@@ -139,17 +143,19 @@ def test_corrupt_value_is_a_miss_and_deleted(
 
 
 def test_record_under_the_wrong_key_is_a_miss_and_deleted(
-    cache: RedisCache, client: redis.Redis, now: datetime
+    cache: RedisCache, client: redis.Redis, now: datetime, new_timer: Callable[..., Timer]
 ) -> None:
-    cache.put(make_timer(now, "other"), now)
+    cache.put(new_timer("other"), now)
     client.copy(f"{PREFIX}timer:other", f"{PREFIX}timer:t-1")
     assert cache.get("t-1") is None
     assert client.exists(f"{PREFIX}timer:t-1") == 0
     assert cache.get("other") is not None
 
 
-def test_put_many_caches_every_timer_with_its_ttl(cache: RedisCache, client: redis.Redis, now: datetime) -> None:
-    timers = [make_timer(now, f"bulk-{i}", expiry_in=100 * (i + 1)) for i in range(50)]
+def test_put_many_caches_every_timer_with_its_ttl(
+    cache: RedisCache, client: redis.Redis, now: datetime, new_timer: Callable[..., Timer]
+) -> None:
+    timers = [new_timer(f"bulk-{i}", expiry=now + timedelta(seconds=100 * (i + 1))) for i in range(50)]
     timers[7] = replace(timers[7], status=Status.CANCELLED)
     cache.put_many(iter(timers), now)
     for timer in timers:
@@ -164,9 +170,9 @@ def test_ping_returns_when_redis_answers(cache: RedisCache) -> None:
     cache.ping()
 
 
-def test_naive_now_is_rejected(cache: RedisCache, now: datetime) -> None:
+def test_naive_now_is_rejected(cache: RedisCache, now: datetime, new_timer: Callable[..., Timer]) -> None:
     with pytest.raises(ValueError, match="naive"):
-        cache.put(make_timer(now), datetime(2026, 1, 1))
+        cache.put(new_timer(), datetime(2026, 1, 1))
 
 
 def test_invalid_url_is_invalid_input() -> None:
@@ -185,11 +191,13 @@ def timed(call: Callable[[], object]) -> object:
     return result
 
 
-def test_unreachable_redis_degrades_with_one_warning(dead_redis_url: str, now: datetime) -> None:
+def test_unreachable_redis_degrades_with_one_warning(
+    dead_redis_url: str, now: datetime, new_timer: Callable[..., Timer]
+) -> None:
     seen: list[str] = []
     # retry_after=0 makes every call really try the dead server.
     c = RedisCache(dead_redis_url, grace=GRACE, warn=seen.append, retry_after=0)
-    timer = make_timer(now)
+    timer = new_timer()
     for _ in range(3):
         assert timed(lambda: c.get("t-1")) is None
         assert timed(lambda: c.put(timer, now)) is None
@@ -238,36 +246,11 @@ def test_wrong_password_on_a_live_redis_degrades(redis_url: str) -> None:
     assert len(seen) == 1 and "wrong-secret" not in seen[0] and "***@" in seen[0]
 
 
-@pytest.fixture
-def hung_server() -> Iterator[tuple[int, list[socket.socket]]]:
-    """A port that accepts connections and never answers; yields the port and the accepted sockets."""
-    server = socket.create_server(("127.0.0.1", 0))
-    server.settimeout(0.05)
-    accepted: list[socket.socket] = []
-    stop = threading.Event()
-
-    def accept() -> None:
-        while not stop.is_set():
-            try:
-                conn, _ = server.accept()
-            except TimeoutError:
-                continue
-            accepted.append(conn)
-
-    thread = threading.Thread(target=accept, daemon=True)
-    thread.start()
-    yield server.getsockname()[1], accepted
-    stop.set()
-    thread.join(timeout=5)
-    server.close()
-    for conn in accepted:
-        conn.close()
-
-
 def test_hung_redis_costs_a_bounded_time_then_is_skipped(
-    hung_server: tuple[int, list[socket.socket]], now: datetime
+    servers: Callable[..., RawServer], now: datetime, new_timer: Callable[..., Timer]
 ) -> None:
-    port, accepted = hung_server
+    hung = servers()  # accepts connections and never answers
+    port, accepted = hung.port, hung.accepted
     clock = [1000.0]
     seen: list[str] = []
     c = RedisCache(
@@ -282,7 +265,7 @@ def test_hung_redis_costs_a_bounded_time_then_is_skipped(
     assert tried >= 1
     # Within retry_after the server is not contacted again: a bulk import costs one timeout, not one each.
     for i in range(100):
-        c.put(make_timer(now, f"t-{i}"), now)
+        c.put(new_timer(f"t-{i}"), now)
     assert c.get("t-1") is None
     assert len(accepted) == tried
     clock[0] += 31
@@ -290,3 +273,11 @@ def test_hung_redis_costs_a_bounded_time_then_is_skipped(
     assert len(accepted) > tried
     c.close()
     assert len(seen) == 1 and "unreachable (Timeout" in seen[0]
+
+
+def test_redis_errors_mask_the_password_in_every_form() -> None:
+    encoded = "p%40ss%2Fword"  # p@ss/word, percent-encoded as a URL needs it
+    url = f"redis://u:{encoded}@127.0.0.1:1/0?password=other"
+    cache = RedisCache(url, grace=timedelta(seconds=1), warn=lambda _: None)
+    assert cache._reason(ValueError(f"echo p@ss/word {encoded} other")) == "ValueError: echo *** *** ***"
+    cache.close()

@@ -1,76 +1,30 @@
 """The runner in-process: a real SQLite file, a real HTTP receiver, the real event loop and clock.
 
-Each test runs ``Runner(settings, SqliteStore(file)).run(stop)`` in a thread (or ``run(burst=True)``)
-and reads the outcome back through a second connection to the same file, the way a CLI would.
+Each test runs ``Runner(settings, SqliteStore(file)).run(stop)`` in a thread (``running``, with a
+``CountingDeliverer`` noting each POST as it starts) or ``run(burst=True)``, on the ``FAST`` timings, and reads
+the outcome back through a second connection to the same file, the way a CLI would.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.factories import FAST, all_in, make_timer, now, settings_for, statuses
+from tests.fixtures_daemons import running
 from tests.fixtures_http import Receiver, wait_until
 from timerctl import __version__
 from timerctl.clock import ManualClock
-from timerctl.config import Settings, load_settings
+from timerctl.config import Settings
 from timerctl.daemons.lifecycle import StopFlag
 from timerctl.daemons.runner import Runner
 from timerctl.delivery import Attempt, Deliverer
 from timerctl.model import BackendUnavailable, Status, Timer, parse_instant, utc
 from timerctl.stores.sqlite import SqliteStore
-
-#: Small values so a test takes a second or two; every test may override some of them.
-FAST = {
-    "poll_interval": "0.05",
-    "lease": "5",
-    "lookahead": "2",
-    "retry_first_delay": "0.2",
-    "retry_max_delay": "1",
-    "max_attempts": "8",
-    "request_timeout": "5",
-    "connect_timeout": "2",
-    "drain_timeout": "5",
-}
-
-
-def runner_env(tmp_path: Path, **overrides: object) -> dict[str, str]:
-    """TIMERCTL_* variables for a runner on ``tmp_path``'s store, isolated from any user config file."""
-    config = tmp_path / "timerctl.toml"
-    config.touch()
-    values = {**FAST, **{k: str(v) for k, v in overrides.items()}}
-    return {
-        "TIMERCTL_CONFIG": str(config),
-        "TIMERCTL_DB": str(tmp_path / "timers.db"),
-        **{f"TIMERCTL_{name.upper()}": value for name, value in values.items()},
-    }
-
-
-def settings_for(tmp_path: Path, **overrides: object) -> Settings:
-    return load_settings(env=runner_env(tmp_path, **overrides))
-
-
-def now() -> datetime:
-    return datetime.now(UTC)
-
-
-def make_timer(timer_id: str, url: str, expiry: datetime, payload: Any = None) -> Timer:
-    """A Scheduled timer as the CLI would store it; ``expiry`` may be in the past (catch-up)."""
-    expiry = utc(expiry)
-    return Timer(timer_id, url, expiry, created_at=min(utc(now()), expiry), payload=payload)
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[SqliteStore]:
-    """The test's own connection to the store file the runners use."""
-    db = SqliteStore(str(tmp_path / "timers.db"))
-    yield db
-    db.close()
 
 
 class CountingDeliverer(Deliverer):
@@ -97,42 +51,9 @@ class NoRenewRunner(Runner):
         return None
 
 
-@contextmanager
-def running(
-    settings: Settings, runner_class: type[Runner] = Runner, deliverer: CountingDeliverer | None = None
-) -> Iterator[Runner]:
-    """A daemon runner on its own store connection, in a thread; stopped and joined on exit.
-
-    Its deliverer is a ``CountingDeliverer``, so ``runner.deliverer.started`` lists the POSTs begun.
-    """
-    deliverer = deliverer or CountingDeliverer(settings)
-    runner = runner_class(settings, SqliteStore(settings.db_path), deliverer=deliverer)
-    stop = StopFlag()
-    codes: list[int] = []
-    thread = threading.Thread(target=lambda: codes.append(runner.run(stop)), name="test-runner", daemon=True)
-    thread.start()
-    try:
-        yield runner
-    finally:
-        stop.request()
-        thread.join(timeout=15)
-        runner.store.close()
-        assert not thread.is_alive(), "runner did not stop within 15s"
-    assert codes == [0]
-
-
 def started(runner: Runner) -> list[str]:
     assert isinstance(runner.deliverer, CountingDeliverer)
     return list(runner.deliverer.started)
-
-
-def statuses(store: SqliteStore, ids: list[str]) -> dict[str, Status]:
-    return {tid: t.status for tid in ids if (t := store.get(tid)) is not None}
-
-
-def all_in(store: SqliteStore, ids: list[str], status: Status) -> bool:
-    got = statuses(store, ids)
-    return len(got) == len(ids) and all(s is status for s in got.values())
 
 
 def test_fires_at_expiry_with_the_documented_body_and_headers(
@@ -140,9 +61,9 @@ def test_fires_at_expiry_with_the_documented_body_and_headers(
 ) -> None:
     payload = {"order": 42, "items": ["a", "é"], "nested": {"ok": True, "none": None}}
     expiry = now() + timedelta(seconds=1)
-    store.insert(make_timer("t-1", receiver.url("/x?token=abc"), expiry, payload))
+    store.insert(make_timer("t-1", expiry, url=receiver.url("/x?token=abc"), payload=payload))
 
-    with running(settings_for(tmp_path)):
+    with running(settings_for(tmp_path, FAST), CountingDeliverer):
         (got,) = receiver.wait_for(1, timeout=5)
         done = wait_until(lambda: (t := store.get("t-1")) and t.status is Status.FINISHED and t, timeout=5)
 
@@ -170,10 +91,10 @@ def test_fires_at_expiry_with_the_documented_body_and_headers(
 
 def test_a_500_is_retried_with_backoff_then_finishes(tmp_path: Path, store: SqliteStore, receiver: Receiver) -> None:
     receiver.respond("/flaky", 500)
-    store.insert(make_timer("t-flaky", receiver.url("/flaky"), now()))
+    store.insert(make_timer("t-flaky", now(), url=receiver.url("/flaky")))
     first_delay = 0.4
 
-    with running(settings_for(tmp_path, retry_first_delay=first_delay)):
+    with running(settings_for(tmp_path, FAST, retry_first_delay=first_delay), CountingDeliverer):
         first, second = receiver.wait_for(2, timeout=5)
         done = wait_until(lambda: (t := store.get("t-flaky")) and t.status is Status.FINISHED and t, timeout=5)
 
@@ -193,9 +114,9 @@ def test_a_500_is_retried_with_backoff_then_finishes(tmp_path: Path, store: Sqli
 
 def test_gives_up_after_the_last_attempt(tmp_path: Path, store: SqliteStore, receiver: Receiver) -> None:
     receiver.respond("/down", *[500] * 10)
-    store.insert(make_timer("t-down", receiver.url("/down"), now()))
+    store.insert(make_timer("t-down", now(), url=receiver.url("/down")))
 
-    with running(settings_for(tmp_path, max_attempts=3, retry_first_delay="0.05")):
+    with running(settings_for(tmp_path, FAST, max_attempts=3, retry_first_delay="0.05"), CountingDeliverer):
         failed = wait_until(lambda: (t := store.get("t-down")) and t.status is Status.FAILED and t, timeout=8)
         # Nothing may follow the last attempt: give a stray fourth request a few polls to show up.
         with pytest.raises(AssertionError):
@@ -212,9 +133,9 @@ def test_a_refused_connection_is_retried_then_fails(tmp_path: Path, store: Sqlit
     closed = Receiver()  # bind a free port, then close it so nothing listens there
     url = closed.url("/gone")
     closed.close()
-    store.insert(make_timer("t-refused", url, now()))
+    store.insert(make_timer("t-refused", now(), url=url))
 
-    with running(settings_for(tmp_path, max_attempts=3, retry_first_delay="0.05")):
+    with running(settings_for(tmp_path, FAST, max_attempts=3, retry_first_delay="0.05"), CountingDeliverer):
         failed = wait_until(lambda: (t := store.get("t-refused")) and t.status is Status.FAILED and t, timeout=8)
 
     assert failed.attempts == 3
@@ -225,10 +146,12 @@ def test_overdue_timers_fire_at_start_oldest_first(tmp_path: Path, store: Sqlite
     start = now()
     # Ids deliberately not in expiry order, so only the expiry can explain the firing order.
     ages = {"t-c": 5, "t-a": 4, "t-e": 3, "t-b": 2, "t-d": 1}
-    store.insert_many([make_timer(tid, receiver.url("/late"), start - timedelta(seconds=s)) for tid, s in ages.items()])
+    store.insert_many(
+        [make_timer(tid, start - timedelta(seconds=s), url=receiver.url("/late")) for tid, s in ages.items()]
+    )
 
     runner = Runner(
-        settings_for(tmp_path, concurrency=1, per_host_concurrency=1), SqliteStore(str(tmp_path / "timers.db"))
+        settings_for(tmp_path, FAST, concurrency=1, per_host_concurrency=1), SqliteStore(str(tmp_path / "timers.db"))
     )
     try:
         assert runner.run(burst=True) == 0
@@ -243,10 +166,10 @@ def test_overdue_timers_fire_at_start_oldest_first(tmp_path: Path, store: Sqlite
 
 
 def test_burst_fires_what_is_due_and_leaves_the_rest(tmp_path: Path, store: SqliteStore, receiver: Receiver) -> None:
-    store.insert(make_timer("t-due", receiver.url(), now()))
-    store.insert(make_timer("t-later", receiver.url(), now() + timedelta(hours=1)))
+    store.insert(make_timer("t-due", now(), url=receiver.url()))
+    store.insert(make_timer("t-later", now() + timedelta(hours=1), url=receiver.url()))
 
-    runner = Runner(settings_for(tmp_path), SqliteStore(str(tmp_path / "timers.db")))
+    runner = Runner(settings_for(tmp_path, FAST), SqliteStore(str(tmp_path / "timers.db")))
     try:
         assert runner.run(burst=True) == 0
     finally:
@@ -262,8 +185,8 @@ def test_a_delivery_longer_than_the_lease_is_not_fired_twice(
     tmp_path: Path, store: SqliteStore, receiver: Receiver
 ) -> None:
     receiver.hang("/slow", 3.0)
-    store.insert(make_timer("t-slow", receiver.url("/slow"), now()))
-    settings = settings_for(tmp_path, lease=1, poll_interval="0.05")
+    store.insert(make_timer("t-slow", now(), url=receiver.url("/slow")))
+    settings = settings_for(tmp_path, FAST, lease=1, poll_interval="0.05")
 
     owners: set[str | None] = set()
 
@@ -273,9 +196,9 @@ def test_a_delivery_longer_than_the_lease_is_not_fired_twice(
         owners.add(timer.lease_owner)
         return timer if timer.status is Status.FINISHED else None
 
-    with running(settings) as first:
+    with running(settings, CountingDeliverer) as first:
         wait_until(lambda: (t := store.get("t-slow")) and t.lease_owner == first.owner, timeout=5)
-        with running(settings) as second:
+        with running(settings, CountingDeliverer) as second:
             done = wait_until(finished, timeout=8)
 
     assert started(first) == ["t-slow"]
@@ -289,9 +212,9 @@ def test_a_lapsed_lease_does_not_make_a_runner_fire_its_own_delivery_again(
     tmp_path: Path, store: SqliteStore, receiver: Receiver
 ) -> None:
     receiver.hang("/slow", 2.5)
-    store.insert(make_timer("t-lapsed", receiver.url("/slow"), now()))
+    store.insert(make_timer("t-lapsed", now(), url=receiver.url("/slow")))
 
-    with running(settings_for(tmp_path, lease=1), NoRenewRunner) as runner:
+    with running(settings_for(tmp_path, FAST, lease=1), CountingDeliverer, NoRenewRunner) as runner:
         done = wait_until(lambda: (t := store.get("t-lapsed")) and t.status is Status.FINISHED and t, timeout=8)
 
     # The lease ran out mid-delivery and the runner claimed the timer again, but it was already firing.
@@ -317,9 +240,9 @@ class StalledWritesRunner(NoRenewRunner):
 def test_a_lapsed_lease_does_not_make_a_runner_fire_a_delivery_awaiting_its_write_again(
     tmp_path: Path, store: SqliteStore, receiver: Receiver
 ) -> None:
-    store.insert(make_timer("t-unwritten", receiver.url(), now()))
+    store.insert(make_timer("t-unwritten", now(), url=receiver.url()))
 
-    with running(settings_for(tmp_path, lease=1), StalledWritesRunner) as runner:
+    with running(settings_for(tmp_path, FAST, lease=1), CountingDeliverer, StalledWritesRunner) as runner:
         assert isinstance(runner, StalledWritesRunner)
         receiver.wait_for(1, timeout=5)
         leases: set[datetime] = set()
@@ -346,9 +269,9 @@ def test_stop_releases_unstarted_claims_and_waits_for_inflight(
     tmp_path: Path, store: SqliteStore, receiver: Receiver
 ) -> None:
     receiver.hang("/slow", 1.0)
-    store.insert(make_timer("t-inflight", receiver.url("/slow"), now()))
-    store.insert(make_timer("t-ahead", receiver.url("/ahead"), now() + timedelta(seconds=20)))
-    with running(settings_for(tmp_path, lookahead=30)) as runner:
+    store.insert(make_timer("t-inflight", now(), url=receiver.url("/slow")))
+    store.insert(make_timer("t-ahead", now() + timedelta(seconds=20), url=receiver.url("/ahead")))
+    with running(settings_for(tmp_path, FAST, lookahead=30), CountingDeliverer) as runner:
         wait_until(lambda: all_in(store, ["t-inflight", "t-ahead"], Status.RUNNING), timeout=5)
         wait_until(lambda: started(runner) == ["t-inflight"], timeout=5, message="the delivery to start")
         assert receiver.requests == []
@@ -373,17 +296,17 @@ class WhenDeliverer(CountingDeliverer):
 
 def test_no_timer_is_posted_before_its_instant(tmp_path: Path, store: SqliteStore, receiver: Receiver) -> None:
     """The firing loop's timers have millisecond resolution (uvloop) and can wake a little early."""
-    settings = settings_for(tmp_path)
+    settings = settings_for(tmp_path, FAST)
     first = now().replace(microsecond=0) + timedelta(seconds=2)
     ids = [f"ms-{i:03d}" for i in range(300)]
     store.insert_many(
         [
-            make_timer(tid, receiver.url("/ms"), first + timedelta(milliseconds=3 * i + i % 3))
+            make_timer(tid, first + timedelta(milliseconds=3 * i + i % 3), url=receiver.url("/ms"))
             for i, tid in enumerate(ids)
         ]
     )
     deliverer = WhenDeliverer(settings)
-    with running(settings, deliverer=deliverer):
+    with running(settings, deliverer):
         wait_until(lambda: all_in(store, ids, Status.FINISHED), timeout=20, message="all 300 finished")
     early = [(due, at) for due, at in deliverer.when if at < due]
     assert len(deliverer.when) == 300 and not early, early[:5]
@@ -395,11 +318,11 @@ def test_an_injected_clock_decides_what_is_due_and_what_firedat_says(
     """``run(burst=True)`` with a ManualClock fires exactly what is due at the clock's now: no real waiting."""
     start = now().replace(microsecond=0) + timedelta(days=1)  # far from the wall clock: only the injected one counts
     clock = ManualClock(start)
-    store.insert(make_timer("t-at-60", receiver.url(), start + timedelta(seconds=60)))
-    store.insert(make_timer("t-at-90", receiver.url(), start + timedelta(seconds=90)))
+    store.insert(make_timer("t-at-60", start + timedelta(seconds=60), url=receiver.url()))
+    store.insert(make_timer("t-at-90", start + timedelta(seconds=90), url=receiver.url()))
 
     def burst() -> None:
-        runner = Runner(settings_for(tmp_path), SqliteStore(str(tmp_path / "timers.db")), clock=clock)
+        runner = Runner(settings_for(tmp_path, FAST), SqliteStore(str(tmp_path / "timers.db")), clock=clock)
         try:
             assert runner.run(burst=True) == 0
         finally:
@@ -438,8 +361,8 @@ def test_a_claim_whose_answer_was_lost_is_handed_back_and_fired(
     tmp_path: Path, store: SqliteStore, receiver: Receiver
 ) -> None:
     """Renewal names every lease the runner holds in the store; one it never heard of is released, not kept."""
-    store.insert(make_timer("t-orphan", receiver.url(), now()))
-    settings = settings_for(tmp_path, lease=4)
+    store.insert(make_timer("t-orphan", now(), url=receiver.url()))
+    settings = settings_for(tmp_path, FAST, lease=4)
     runner = Runner(settings, LostAnswerStore(settings.db_path), deliverer=CountingDeliverer(settings))
     stop = StopFlag()
     thread = threading.Thread(target=runner.run, args=(stop,), daemon=True)

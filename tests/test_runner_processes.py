@@ -1,136 +1,53 @@
 """``timerctl serve runner`` as real processes: the CLI end to end, several runners, SIGKILL, SIGTERM/SIGINT.
 
 Each runner is the installed console script with its settings in TIMERCTL_* variables and its JSON log
-in a file; the test reads outcomes through its own connection to the same SQLite file.
+in a file (``spawn``); the test reads outcomes through its own connection to the same SQLite file. A row
+left corrupt by another tool must not stop a runner either.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import signal
 import socket
-import subprocess
-import sys
+import sqlite3
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
-from datetime import timedelta
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.fixtures_http import Receiver, wait_until
-from tests.test_runner import all_in, make_timer, now, runner_env, statuses
+from tests.factories import FAST, all_in, make_timer, now, process_env, statuses, timerctl
+from tests.fixtures_daemons import RunnerProcess
+from tests.fixtures_http import Receiver, roomy, wait_until
+from tests.fixtures_stores import corrupt
 from timerctl import __version__
 from timerctl.model import Status, parse_instant
 from timerctl.stores.sqlite import SqliteStore
 
 
-def timerctl_bin() -> str:
-    """The installed console script of the interpreter running the tests."""
-    beside = Path(sys.executable).with_name("timerctl")
-    found = str(beside) if beside.exists() else shutil.which("timerctl")
-    if not found:
-        pytest.fail("the timerctl console script is not installed next to the test interpreter")
-    return found
-
-
-def process_env(tmp_path: Path, **overrides: object) -> dict[str, str]:
-    """The test's environment without any TIMERCTL_* or systemd variables, plus this store's settings."""
-    inherited = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith("TIMERCTL_") and k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC")
-    }
-    return {**inherited, **runner_env(tmp_path, **overrides)}
-
-
 def cli(env: dict[str, str], *args: str) -> Any:
     """Run one ``timerctl`` command and return its JSON output; fail the test on a non-zero exit."""
-    done = subprocess.run([timerctl_bin(), *args], env=env, capture_output=True, text=True, timeout=30, check=False)
+    done = timerctl(env, *args)
     assert done.returncode == 0, f"timerctl {' '.join(args)} exited {done.returncode}: {done.stderr}"
     return json.loads(done.stdout)
 
 
-class RunnerProcess:
-    """One ``timerctl serve runner`` with its JSON log in a file."""
-
-    def __init__(self, env: dict[str, str], log: Path) -> None:
-        self.log = log
-        with open(log, "wb") as err:
-            self.proc = subprocess.Popen(
-                [timerctl_bin(), "serve", "runner", "--log-format", "json"],
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=err,
-            )
-
-    def events(self) -> list[dict[str, Any]]:
-        lines = self.log.read_text(encoding="utf-8", errors="replace").splitlines()
-        return [json.loads(line) for line in lines if line.startswith("{")]
-
-    def wait_ready(self, timeout: float = 15) -> None:
-        def ready() -> bool:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"runner exited {self.proc.returncode}: {self.log.read_text()}")
-            return any(e.get("event") == "runner_started" for e in self.events())
-
-        wait_until(ready, timeout=timeout, message="the runner to start")
-
-    def fired(self) -> int:
-        return sum(1 for e in self.events() if e.get("event") == "fired")
-
-    def stop(self, signum: int, timeout: float) -> tuple[int, float]:
-        """Send ``signum``; the exit code and how long the process took to exit."""
-        sent = time.monotonic()
-        self.proc.send_signal(signum)
-        code = self.proc.wait(timeout=timeout)
-        return code, time.monotonic() - sent
-
-
-def roomy(receiver: Receiver) -> None:
-    """Give the receiver a listen backlog fit for bursts of new connections.
-
-    The fixture keeps socketserver's backlog of 5: a burst of connects overflows it, the kernel drops SYNs
-    and each dropped connect waits a 1 s retransmit (or times out and is retried), which reads as lateness.
-    """
-    receiver.server.socket.listen(512)
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[SqliteStore]:
-    """The test's own connection to the store file the runners use."""
-    db = SqliteStore(str(tmp_path / "timers.db"))
-    yield db
-    db.close()
-
-
-@pytest.fixture
-def spawn(tmp_path: Path) -> Iterator[Callable[[dict[str, str]], RunnerProcess]]:
-    """Start runner processes; whatever is still running at the end of the test is killed."""
-    started: list[RunnerProcess] = []
-
-    def start(env: dict[str, str]) -> RunnerProcess:
-        runner = RunnerProcess(env, tmp_path / f"runner-{len(started)}.log")
-        started.append(runner)
-        return runner
-
-    yield start
-    for runner in started:
-        if runner.proc.poll() is None:
-            runner.proc.kill()
-        runner.proc.wait(timeout=10)
+def status_column(db: Path, timer_id: str) -> tuple[str, str | None]:
+    """The status and lastError columns of a row as stored, without decoding it."""
+    with sqlite3.connect(db) as conn:
+        row = conn.execute("SELECT status, last_error FROM timers WHERE timer_id = ?", (timer_id,)).fetchone()
+    return row[0], row[1]
 
 
 def test_create_then_serve_delivers_one_post_at_expiry(
-    tmp_path: Path, receiver: Receiver, spawn: Callable[[dict[str, str]], RunnerProcess]
+    tmp_path: Path, receiver: Receiver, spawn: Callable[..., RunnerProcess]
 ) -> None:
-    env = process_env(tmp_path)
+    env = process_env(tmp_path, FAST)
     runner = spawn(env)
     runner.wait_ready()
 
@@ -161,17 +78,18 @@ def test_create_then_serve_delivers_one_post_at_expiry(
 
 
 def test_two_runner_processes_fire_every_timer_exactly_once(
-    tmp_path: Path, receiver: Receiver, store: SqliteStore, spawn: Callable[[dict[str, str]], RunnerProcess]
+    tmp_path: Path, receiver: Receiver, store: SqliteStore, spawn: Callable[..., RunnerProcess]
 ) -> None:
     roomy(receiver)
     # A short lookahead and small batches, so both runners keep claiming from the same due set.
-    env = process_env(tmp_path, lookahead="0.2", claim_batch=50, lease=10)
+    env = process_env(tmp_path, FAST, lookahead="0.2", claim_batch=50, lease=10)
     runners = [spawn(env), spawn(env)]
     for runner in runners:
         runner.wait_ready()
     first_due = now() + timedelta(seconds=0.5)
     timers = [
-        make_timer(f"m-{i:03d}", receiver.url("/many"), first_due + timedelta(milliseconds=3 * i)) for i in range(500)
+        make_timer(f"m-{i:03d}", first_due + timedelta(milliseconds=3 * i), url=receiver.url("/many"))
+        for i in range(500)
     ]
     assert store.insert_many(timers) == 500
 
@@ -190,16 +108,17 @@ def test_two_runner_processes_fire_every_timer_exactly_once(
 
 
 def test_a_killed_runners_timers_are_fired_by_another_once_the_leases_expire(
-    tmp_path: Path, receiver: Receiver, store: SqliteStore, spawn: Callable[[dict[str, str]], RunnerProcess]
+    tmp_path: Path, receiver: Receiver, store: SqliteStore, spawn: Callable[..., RunnerProcess]
 ) -> None:
     receiver.hang("/slow", 0.5)  # about twenty POSTs in flight at any moment
     roomy(receiver)
-    env = process_env(tmp_path, lease=2)
+    env = process_env(tmp_path, FAST, lease=2)
     first = spawn(env)
     first.wait_ready()
     first_due = now() + timedelta(seconds=0.3)
     timers = [
-        make_timer(f"k-{i:02d}", receiver.url("/slow"), first_due + timedelta(milliseconds=25 * i)) for i in range(60)
+        make_timer(f"k-{i:02d}", first_due + timedelta(milliseconds=25 * i), url=receiver.url("/slow"))
+        for i in range(60)
     ]
     ids = {t.timer_id for t in timers}
     store.insert_many(timers)
@@ -229,18 +148,16 @@ def test_a_killed_runners_timers_are_fired_by_another_once_the_leases_expire(
 
 
 def test_with_default_settings_a_killed_runners_claims_fire_within_10s_of_their_instant(
-    tmp_path: Path, receiver: Receiver, store: SqliteStore, spawn: Callable[[dict[str, str]], RunnerProcess]
+    tmp_path: Path, receiver: Receiver, store: SqliteStore, spawn: Callable[..., RunnerProcess]
 ) -> None:
     """Issue 12's bound with nothing tuned: the default lease (8 s, renewed every 2 s) lets another runner
     fire a killed runner's claimed timers within 10 s of their instant; it had claimed them before any
     was due, so nothing is received twice."""
     roomy(receiver)
-    defaults = {k: v for k, v in process_env(tmp_path).items() if not k.startswith("TIMERCTL_")}
-    (tmp_path / "empty.toml").touch()  # no config file of the machine's either
-    env = {**defaults, "TIMERCTL_DB": str(tmp_path / "timers.db"), "TIMERCTL_CONFIG": str(tmp_path / "empty.toml")}
+    env = process_env(tmp_path)  # no settings but the store, and no config file of the machine's either
     due = now() + timedelta(seconds=2.5)
     timers = [
-        make_timer(f"d-{i:02d}", receiver.url("/takeover"), due + timedelta(milliseconds=10 * i)) for i in range(40)
+        make_timer(f"d-{i:02d}", due + timedelta(milliseconds=10 * i), url=receiver.url("/takeover")) for i in range(40)
     ]
     ids = sorted(t.timer_id for t in timers)
     store.insert_many(timers)
@@ -264,16 +181,16 @@ def test_a_signal_finishes_inflight_releases_the_rest_and_exits_0(
     tmp_path: Path,
     receiver: Receiver,
     store: SqliteStore,
-    spawn: Callable[[dict[str, str]], RunnerProcess],
+    spawn: Callable[..., RunnerProcess],
 ) -> None:
     receiver.hang("/slow", 1.5)
     drain_timeout = 5.0
-    env = process_env(tmp_path, lookahead=30, lease=10, drain_timeout=drain_timeout)
+    env = process_env(tmp_path, FAST, lookahead=30, lease=10, drain_timeout=drain_timeout)
     runner = spawn(env)
     runner.wait_ready()
     due = now() + timedelta(seconds=0.5)
-    inflight = [make_timer(f"f-{i}", receiver.url("/slow"), due) for i in range(3)]
-    ahead = [make_timer(f"a-{i}", receiver.url("/ahead"), due + timedelta(seconds=20)) for i in range(3)]
+    inflight = [make_timer(f"f-{i}", due, url=receiver.url("/slow")) for i in range(3)]
+    ahead = [make_timer(f"a-{i}", due + timedelta(seconds=20), url=receiver.url("/ahead")) for i in range(3)]
     store.insert_many(inflight + ahead)
     ids = [t.timer_id for t in inflight + ahead]
     wait_until(lambda: all_in(store, ids, Status.RUNNING), timeout=5, message="all six claimed")
@@ -299,14 +216,14 @@ def test_a_signal_finishes_inflight_releases_the_rest_and_exits_0(
 
 
 def test_the_drain_is_bounded_by_the_drain_timeout(
-    tmp_path: Path, receiver: Receiver, store: SqliteStore, spawn: Callable[[dict[str, str]], RunnerProcess]
+    tmp_path: Path, receiver: Receiver, store: SqliteStore, spawn: Callable[..., RunnerProcess]
 ) -> None:
     receiver.hang("/stuck", 3.0)
-    env = process_env(tmp_path, lease=30, drain_timeout=1, request_timeout=10)
+    env = process_env(tmp_path, FAST, lease=30, drain_timeout=1, request_timeout=10)
     runner = spawn(env)
     runner.wait_ready()
     due = now() + timedelta(seconds=0.3)
-    store.insert(make_timer("t-stuck", receiver.url("/stuck"), due))
+    store.insert(make_timer("t-stuck", due, url=receiver.url("/stuck")))
     wait_until(lambda: all_in(store, ["t-stuck"], Status.RUNNING), timeout=5)
     wait_until(lambda: now() >= due + timedelta(seconds=0.5), timeout=5, message="the expiry to pass")
 
@@ -319,7 +236,7 @@ def test_the_drain_is_bounded_by_the_drain_timeout(
 
 
 def test_a_second_signal_skips_the_drain(
-    tmp_path: Path, receiver: Receiver, store: SqliteStore, spawn: Callable[[dict[str, str]], RunnerProcess]
+    tmp_path: Path, receiver: Receiver, store: SqliteStore, spawn: Callable[..., RunnerProcess]
 ) -> None:
     receiver.hang("/stuck", 3.0)
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
@@ -327,11 +244,11 @@ def test_a_second_signal_skips_the_drain(
         address = f"timerctl-test-{uuid.uuid4().hex}"
         notify.bind("\0" + address)
         notify.settimeout(10)
-        env = {**process_env(tmp_path, lease=30, drain_timeout=20), "NOTIFY_SOCKET": "@" + address}
+        env = {**process_env(tmp_path, FAST, lease=30, drain_timeout=20), "NOTIFY_SOCKET": "@" + address}
         runner = spawn(env)
         assert notify.recv(64) == b"READY=1"
         due = now() + timedelta(seconds=0.3)
-        store.insert(make_timer("t-stuck", receiver.url("/stuck"), due))
+        store.insert(make_timer("t-stuck", due, url=receiver.url("/stuck")))
         wait_until(lambda: all_in(store, ["t-stuck"], Status.RUNNING), timeout=5)
         wait_until(lambda: now() >= due + timedelta(seconds=0.5), timeout=5, message="the expiry to pass")
 
@@ -344,3 +261,33 @@ def test_a_second_signal_skips_the_drain(
     assert code == 0
     assert time.monotonic() - sent < 2.0, "the forced stop did not wait for the 3 s delivery"
     assert statuses(store, ["t-stuck"]) == {"t-stuck": Status.RUNNING}
+
+
+def test_runner_fails_a_corrupt_row_keeps_running_and_fires_the_good_timer(
+    tmp_path: Path, receiver: Receiver, store: SqliteStore, spawn: Callable[..., RunnerProcess]
+) -> None:
+    """Before the fix the runner died at start on the corrupt row (a crash loop under Restart=on-failure).
+
+    The store's own tests of corrupt rows are in ``test_store_rows.py``.
+    """
+    db = tmp_path / "timers.db"
+    start = datetime.now(UTC)
+    # Both overdue, the corrupt one first: it is in the very first claim, ahead of the good one.
+    store.insert_many(
+        [
+            make_timer(tid, due, url=receiver.url(f"/{tid}"), created_at=due - timedelta(minutes=1), payload={"n": tid})
+            for tid, due in (("bad", start - timedelta(seconds=2)), ("good", start - timedelta(seconds=1)))
+        ]
+    )
+    corrupt(db, "bad", "payload", "{this is not json")
+    runner = spawn(process_env(tmp_path, poll_interval="0.1", lease="5s"), this_tree=True)
+
+    (got,) = receiver.wait_for(1, timeout=15, path="/good")
+    assert got.json["timerId"] == "good"
+    _, error = wait_until(lambda: (s := status_column(db, "bad"))[0] == "Failed" and s, message="bad Failed")
+    assert error is not None and error.startswith("stored timer is corrupt: payload is not valid JSON")
+    wait_until(lambda: status_column(db, "good")[0] == "Finished", message="good Finished")
+    assert runner.proc.poll() is None, runner.log.read_text()
+    assert receiver.requests == [got]
+    events = runner.events()
+    assert any("bad" in e["message"] and "marked Failed" in e["message"] for e in events), events

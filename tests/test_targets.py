@@ -3,29 +3,24 @@
 The pure decision (``TargetPolicy.refusal``) is table-driven over every blocked range; ``TargetGuard``
 is driven through an injected resolver (and the system one for ``localhost`` and numeric host forms);
 the end-to-end tests run an in-process runner built as ``serve`` builds it against the real receiver.
+That a redirect never takes a delivery elsewhere is in ``test_delivery.py``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import ipaddress
-import os
 import signal
-import socket
 import subprocess
-import threading
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
-from tests.fixtures_daemons import TIMERCTL
-from tests.fixtures_http import Receiver, wait_until
-from tests.test_runner import make_timer, now, settings_for
-from tests.test_signing import serving
+from tests.factories import FAST, TIMERCTL, make_timer, now, process_env, settings_for, settled
+from tests.fixtures_daemons import running
+from tests.fixtures_http import FakeDns, Receiver
 from timerctl.daemons.runner import make_deliverer
-from timerctl.model import Status, Timer
+from timerctl.model import Status
 from timerctl.stores.sqlite import SqliteStore
 from timerctl.targets import RefusedTarget, TargetGuard, TargetPolicy
 
@@ -96,20 +91,6 @@ def test_the_allow_list_wins_over_every_block_by_cidr_or_host_name() -> None:
     assert refusal(policy, "fc00::1") is not None
     assert refusal(policy, "10.0.0.5", host="other.internal") is not None
     assert refusal(policy, "10.0.0.5", host="evil.hooks.internal") is not None
-
-
-class FakeDns:
-    """An injected resolver: names to addresses; anything else does not resolve."""
-
-    def __init__(self, names: dict[str, list[str]]) -> None:
-        self.names = names
-        self.asked: list[tuple[str, int]] = []
-
-    async def __call__(self, host: str, port: int) -> list[str]:
-        self.asked.append((host, port))
-        if host not in self.names:
-            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
-        return self.names[host]
 
 
 DNS = {
@@ -189,24 +170,10 @@ def test_numeric_spellings_of_the_metadata_address_are_refused(host: str) -> Non
 # -- end to end: an in-process runner built from settings ------------------------------------------
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[SqliteStore]:
-    db = SqliteStore(str(tmp_path / "timers.db"))
-    yield db
-    db.close()
-
-
-def settled(store: SqliteStore, timer_id: str, status: Status, timeout: float = 8) -> Timer:
-    found: Timer = wait_until(
-        lambda: (t := store.get(timer_id)) and t.status is status and t, timeout=timeout, message=f"{timer_id} {status}"
-    )
-    return found
-
-
 def test_a_metadata_target_fails_after_one_attempt_naming_the_range(tmp_path: Path, store: SqliteStore) -> None:
-    store.insert(make_timer("t-metadata", "http://169.254.169.254/latest/meta-data", now()))
+    store.insert(make_timer("t-metadata", now(), url="http://169.254.169.254/latest/meta-data"))
 
-    with serving(settings_for(tmp_path, max_attempts=8)):
+    with running(settings_for(tmp_path, FAST, max_attempts=8)):
         failed = settled(store, "t-metadata", Status.FAILED)
 
     assert failed.attempts == 1, "a refusal is never retried"
@@ -218,12 +185,12 @@ def test_a_metadata_target_fails_after_one_attempt_naming_the_range(tmp_path: Pa
 def test_a_name_resolving_to_a_blocked_address_fails_at_fire_time(
     tmp_path: Path, store: SqliteStore, receiver: Receiver
 ) -> None:
-    settings = settings_for(tmp_path)
+    settings = settings_for(tmp_path, FAST)
     deliverer = make_deliverer(settings)
     deliverer.guard = TargetGuard(TargetPolicy(), FakeDns({"rebound.example": ["127.0.0.1", "169.254.169.254"]}))
-    store.insert(make_timer("t-rebound", f"http://rebound.example:{receiver.port}/x", now()))
+    store.insert(make_timer("t-rebound", now(), url=f"http://rebound.example:{receiver.port}/x"))
 
-    with serving(settings, deliverer):
+    with running(settings, deliverer):
         failed = settled(store, "t-rebound", Status.FAILED)
 
     assert failed.attempts == 1
@@ -232,9 +199,9 @@ def test_a_name_resolving_to_a_blocked_address_fails_at_fire_time(
 
 
 def test_block_private_refuses_the_local_receiver(tmp_path: Path, store: SqliteStore, receiver: Receiver) -> None:
-    store.insert(make_timer("t-private", receiver.url("/private"), now()))
+    store.insert(make_timer("t-private", now(), url=receiver.url("/private")))
 
-    with serving(settings_for(tmp_path, block_private_targets="1")):
+    with running(settings_for(tmp_path, FAST, block_private_targets="1")):
         failed = settled(store, "t-private", Status.FAILED)
 
     assert failed.attempts == 1
@@ -245,9 +212,9 @@ def test_block_private_refuses_the_local_receiver(tmp_path: Path, store: SqliteS
 def test_the_allow_list_lets_a_blocked_private_target_through(
     tmp_path: Path, store: SqliteStore, receiver: Receiver
 ) -> None:
-    store.insert(make_timer("t-allowed", receiver.url("/allowed"), now()))
+    store.insert(make_timer("t-allowed", now(), url=receiver.url("/allowed")))
 
-    with serving(settings_for(tmp_path, block_private_targets="1", allowed_targets="127.0.0.1/32")):
+    with running(settings_for(tmp_path, FAST, block_private_targets="1", allowed_targets="127.0.0.1/32")):
         done = settled(store, "t-allowed", Status.FINISHED)
 
     assert done.attempts == 1
@@ -257,74 +224,17 @@ def test_the_allow_list_lets_a_blocked_private_target_through(
 def test_an_allowed_host_name_is_called_on_the_checked_address_with_its_host_header(
     tmp_path: Path, store: SqliteStore, receiver: Receiver
 ) -> None:
-    settings = settings_for(tmp_path, block_private_targets="1", allowed_targets="hooks.internal")
+    settings = settings_for(tmp_path, FAST, block_private_targets="1", allowed_targets="hooks.internal")
     deliverer = make_deliverer(settings)
     assert isinstance(deliverer.guard, TargetGuard)
     deliverer.guard.resolver = FakeDns({"hooks.internal": ["127.0.0.1"]})
-    store.insert(make_timer("t-named", f"http://hooks.internal:{receiver.port}/named", now()))
+    store.insert(make_timer("t-named", now(), url=f"http://hooks.internal:{receiver.port}/named"))
 
-    with serving(settings, deliverer):
+    with running(settings, deliverer):
         settled(store, "t-named", Status.FINISHED)
 
     (got,) = receiver.wait_for(1, timeout=1)
     assert got.headers["host"] == f"hooks.internal:{receiver.port}"
-
-
-def test_a_302_is_a_failed_attempt_that_is_retried(tmp_path: Path, store: SqliteStore, receiver: Receiver) -> None:
-    receiver.respond("/moved", 302)
-    store.insert(make_timer("t-302", receiver.url("/moved"), now()))
-
-    with serving(settings_for(tmp_path)):
-        done = settled(store, "t-302", Status.FINISHED)
-
-    assert done.attempts == 2
-    assert [r.path for r in receiver.requests] == ["/moved", "/moved"]
-
-
-class Redirector:
-    """An HTTP server answering every POST with a 302 to ``location``."""
-
-    def __init__(self, location: str) -> None:
-        self.hits = 0
-        redirector = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def do_POST(self) -> None:
-                self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                redirector.hits += 1
-                self.send_response(302)
-                self.send_header("Location", location)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, format: str, *args: object) -> None:
-                return None
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
-def test_a_redirect_with_a_location_is_not_followed(tmp_path: Path, store: SqliteStore, receiver: Receiver) -> None:
-    redirector = Redirector(receiver.url("/elsewhere"))
-    store.insert(make_timer("t-redirect", redirector.url, now()))
-    try:
-        with serving(settings_for(tmp_path, max_attempts=2, retry_first_delay="0.05")):
-            failed = settled(store, "t-redirect", Status.FAILED)
-    finally:
-        redirector.close()
-
-    assert failed.attempts == 2
-    assert failed.last_error == "HTTP 302"
-    assert redirector.hits == 2
-    assert receiver.requests == []
 
 
 def test_the_guard_resolves_a_name_again_on_every_check() -> None:
@@ -400,21 +310,18 @@ def _in_private_netns() -> bool:
 
 
 @pytest.mark.skipif(not _in_private_netns(), reason="needs unshare -n (a network namespace of its own)")
-def test_a_runner_refuses_ipv6_metadata_targets_once_and_never_connects(tmp_path: Path) -> None:
+def test_a_runner_refuses_ipv6_metadata_targets_once_and_never_connects(tmp_path: Path, store: SqliteStore) -> None:
     """A real runner in a network namespace with only loopback: had it tried to connect, the attempt
     would fail with "Network is unreachable" and be retried, not refused once naming the rule."""
-    db = tmp_path / "timers.db"
     urls = {
         "t-aws": "http://[fd00:ec2::254]/latest/meta-data/",
         "t-gcp": "http://[fd20:ce::254]/computeMetadata/v1/",
         "t-6to4": "http://[2002:a9fe:a9fe::1]/latest/",
         "t-nat64": "http://[64:ff9b::a9fe:a9fe]/latest/",
     }
-    store = SqliteStore(str(db))
     for timer_id, url in urls.items():
-        store.insert(make_timer(timer_id, url, now()))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TIMERCTL_")}
-    env.update(TIMERCTL_DB=str(db), TIMERCTL_MAX_ATTEMPTS="3", TIMERCTL_RETRY_FIRST_DELAY="0.1")
+        store.insert(make_timer(timer_id, now(), url=url))
+    env = process_env(tmp_path, max_attempts="3", retry_first_delay="0.1")
     script = f"ip link set lo up; exec {TIMERCTL} serve runner --log-format json --log-level INFO"
     proc = subprocess.Popen(["unshare", "-n", "sh", "-c", script], env=env, stderr=subprocess.PIPE, text=True)
     try:
@@ -424,7 +331,6 @@ def test_a_runner_refuses_ipv6_metadata_targets_once_and_never_connects(tmp_path
             assert failed.last_error is not None and "unreachable" not in failed.last_error
             assert "metadata" in failed.last_error or "169.254.169.254" in failed.last_error
     finally:
-        store.close()
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=20)
     assert proc.returncode == 0, err[-2000:]

@@ -2,7 +2,8 @@
 
 ``Fleet`` runs ``timerctl serve ...`` daemons by name (SIGKILL, restart, SIGTERM), ``Receiver`` is
 ``bench/receiver.py`` on a port that survives restarts, ``RedisServer`` a ``redis-server`` of our own;
-the rest reads what happened back from the SQLite store, the daemons' JSON logs and the receipts.
+the rest reads what happened back from the SQLite store, the daemons' JSON logs and the receipts. A
+scenario's environment is ``tests.factories.process_env`` and its commands ``tests.factories.timerctl``.
 Nothing here imports pytest, so ``bench/chaos.py`` uses it as well.
 """
 
@@ -25,13 +26,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from tests.factories import TIMERCTL, stored_timers, timerctl
 from tests.polling import accepts_connections, free_port, wait_for
 from timerctl.model import Status, parse_instant
 from timerctl.stores.sqlite import SqliteStore
 
 REPO = Path(__file__).resolve().parents[2]
 RECEIVER_SCRIPT = REPO / "bench" / "receiver.py"
-TIMERCTL = str(Path(sys.executable).with_name("timerctl"))
 
 
 # -- waiting and small helpers -----------------------------------------------------------------------
@@ -49,25 +50,6 @@ def new_seed() -> int:
     """``$TIMERCTL_CHAOS_SEED`` when set (to replay a run), else a fresh random seed."""
     given = os.environ.get("TIMERCTL_CHAOS_SEED")
     return int(given) if given else random.SystemRandom().randrange(1 << 32)
-
-
-def scenario_env(workdir: Path, **settings: str) -> dict[str, str]:
-    """This process's environment without TIMERCTL_*/systemd variables, plus ``TIMERCTL_<NAME>`` settings."""
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith("TIMERCTL_") and k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC")
-    }
-    env["TIMERCTL_DB"] = str(workdir / "timers.db")
-    env.update({f"TIMERCTL_{name.upper()}": value for name, value in settings.items() if value})
-    return env
-
-
-def run_cli(env: dict[str, str], *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    """``timerctl ARGS`` as a subprocess with ``env``."""
-    return subprocess.run(
-        [TIMERCTL, *args], env=env, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
-    )
 
 
 def write_specs(path: Path, specs: Iterable[dict[str, Any]]) -> Path:
@@ -312,11 +294,7 @@ def wait_all_final(db: str, expected: int, timeout: float, what: str) -> dict[st
 
 
 def timers_by_id(db: str) -> dict[str, Any]:
-    store = SqliteStore(db)
-    try:
-        return {t.timer_id: t for t in store.find(limit=10_000_000)}
-    finally:
-        store.close()
+    return {t.timer_id: t for t in stored_timers(db)}
 
 
 @dataclass
@@ -354,7 +332,9 @@ def warm_up(env: dict[str, str], receiver: Receiver, db: str, timeout: float = 4
     """
     started = time.time()
     timer_id = f"warm-up-{run_tag()}"
-    done = run_cli(env, "create", "--url", receiver.url("/warm-up"), "--in", "0s", "--id", timer_id, "--json")
+    done = timerctl(
+        env, "create", "--url", receiver.url("/warm-up"), "--in", "0s", "--id", timer_id, "--json", timeout=60
+    )
     assert done.returncode == 0, f"warm-up create exited {done.returncode}: {done.stderr}"
 
     def finished() -> bool:

@@ -16,19 +16,19 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
+from tests.factories import timerctl
+from tests.polling import wait_for
 from tests.reliability.harness import (
     Deliveries,
     RedisServer,
     acknowledged,
     cluster,
     percentile,
-    run_cli,
     run_tag,
     spread_specs,
     status_counts,
     timers_by_id,
     wait_all_final,
-    wait_for,
     warm_up,
     write_specs,
 )
@@ -89,7 +89,7 @@ def receiver_outage_scenario(
         spec_file = write_specs(
             workdir / "outage.jsonl", spread_specs(receiver.url(), f"out-{tag}", timers, due, spread)
         )
-        expiry = acknowledged(run_cli(env, "create", "--from-file", str(spec_file)))
+        expiry = acknowledged(timerctl(env, "create", "--from-file", str(spec_file), timeout=60))
         time.sleep(max(0.0, due - 0.5 - time.time()))  # the scenario: down from just before they fall due
         receiver.stop()
         went_down = time.time()
@@ -109,7 +109,7 @@ def receiver_outage_scenario(
         attempts = fired_attempts(fleet.events("runner"))
 
     deliveries = Deliveries([r for r in receiver.receipts if r["incarnation"] == 2])
-    early = [r for r in receiver.receipts if r["incarnation"] == 1]
+    before_down = [r for r in receiver.receipts if r["incarnation"] == 1]
     gaps: dict[int, list[float]] = defaultdict(list)
     early: list[str] = []
     late: list[str] = []
@@ -135,7 +135,7 @@ def receiver_outage_scenario(
         "delivered": len(deliveries.by_id),
         "lost": len(set(expiry) - set(deliveries.by_id)),
         "duplicates": sum(deliveries.duplicates().values()),
-        "received_before_down": len(early),
+        "received_before_down": len(before_down),
         "finished": counts["Finished"],
         "failed": counts["Failed"],
         "attempts_max": max((t.attempts for t in stored.values()), default=0),
@@ -188,7 +188,7 @@ def redis_outage_scenario(env: dict[str, str], workdir: Path, redis_binary: str)
             started = time.time()
 
             def readable() -> subprocess.CompletedProcess[str] | None:
-                got = run_cli(env, "get", down["id"], "--json")
+                got = timerctl(env, "get", down["id"], "--json", timeout=60)
                 return got if got.returncode == 0 else None
 
             got = wait_for(readable, 60, "get to find the timer once the consumer stored it", interval=0.2)
@@ -213,10 +213,10 @@ def redis_outage_scenario(env: dict[str, str], workdir: Path, redis_binary: str)
 
 def _create_and_get(env: dict[str, str], url: str, delay: str) -> dict[str, Any]:
     """``create --in DELAY`` then at once ``get``: exit codes, stderr lines, and whether the store has it."""
-    created = run_cli(env, "create", "--url", url, "--in", delay, "--json")
+    created = timerctl(env, "create", "--url", url, "--in", delay, "--json", timeout=60)
     assert created.returncode == 0, f"create exited {created.returncode}: {created.stderr}"
     timer_id = json.loads(created.stdout)["timerId"]
-    got = run_cli(env, "get", timer_id, "--json")
+    got = timerctl(env, "get", timer_id, "--json", timeout=60)
     store = SqliteStore(env["TIMERCTL_DB"])
     try:
         in_store = store.get(timer_id) is not None
@@ -263,12 +263,12 @@ def broker_outage_scenario(
         spec_file = write_specs(
             workdir / "before.jsonl", spread_specs(receiver.url(), f"before-{tag}", timers, time.time() + lead, 1)
         )
-        before = acknowledged(run_cli(env, "create", "--from-file", str(spec_file)))
+        before = acknowledged(timerctl(env, "create", "--from-file", str(spec_file), timeout=60))
         wait_for(lambda: sum(status_counts(db).values()) >= timers + 1, 30, "the consumer to store every timer")
         broker.stop()
         went_down = time.time()
         started = time.monotonic()
-        refused = run_cli(env, "create", "--url", receiver.url(), "--in", "1m", "--json")
+        refused = timerctl(env, "create", "--url", receiver.url(), "--in", "1m", "--json", timeout=60)
         result["down: create exit"] = refused.returncode
         result["down: create seconds"] = round(time.monotonic() - started, 2)
         result["down: create stderr"] = _lines(refused.stderr)
@@ -284,9 +284,9 @@ def broker_outage_scenario(
         after_near = write_specs(
             workdir / "after.jsonl", spread_specs(receiver.url(), f"after-{tag}", timers, time.time() + 2, 1)
         )
-        after = acknowledged(run_cli(env, "create", "--from-file", str(after_near)))
+        after = acknowledged(timerctl(env, "create", "--from-file", str(after_near), timeout=60))
         # Due beyond the runners' near-term feed window: only the consumer stores this one.
-        far = run_cli(env, "create", "--url", receiver.url(), "--in", "1h", "--id", far_id, "--json")
+        far = timerctl(env, "create", "--url", receiver.url(), "--in", "1h", "--id", far_id, "--json", timeout=60)
         assert far.returncode == 0, far.stderr
         result["after: create exit"] = far.returncode
 

@@ -18,14 +18,13 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from tests.factories import TIMERCTL, timerctl
 from tests.reliability.harness import (
-    TIMERCTL,
     Deliveries,
     acknowledged,
     cluster,
     end_process,
     percentile,
-    run_cli,
     run_tag,
     spread_specs,
     timers_by_id,
@@ -179,7 +178,7 @@ def load_scenario(
             workdir / "load.jsonl", spread_specs(receiver.url(), f"load-{tag}", timers, first_due, window)
         )
         started = time.time()
-        expiry = acknowledged(run_cli(env, "create", "--from-file", str(spec_file), timeout=300))
+        expiry = acknowledged(timerctl(env, "create", "--from-file", str(spec_file), timeout=300))
         created = time.time()
         counts = wait_all_final(db, timers + 1, first_due + window - time.time() + 120, f"{timers} timers to fire")
         exited = {name: proc.poll() for name, proc in fleet.current.items() if proc.poll() is not None}
@@ -228,7 +227,7 @@ def store_stall_scenario(
         spec_file = write_specs(
             workdir / "stall.jsonl", spread_specs(receiver.url(), f"stall-{tag}", timers, first_due, window)
         )
-        expiry = acknowledged(run_cli(env, "create", "--from-file", str(spec_file)))
+        expiry = acknowledged(timerctl(env, "create", "--from-file", str(spec_file), timeout=60))
         for n in range(stalls):
             # The scenario's schedule: each stall starts half a second into its share of the window.
             time.sleep(max(0.0, first_due + n * (hold + 1.5) + 0.5 - time.time()))

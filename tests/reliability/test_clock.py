@@ -8,116 +8,38 @@ the first of the two and a skipped time moves forward by the gap.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
 from collections import Counter
-from collections.abc import Iterator
-from datetime import UTC, date, datetime, timedelta, tzinfo
+from collections.abc import Callable
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 
 import pytest
 
+from tests.factories import make_timer, process_env, stored_timers, timerctl
+from tests.fixtures_daemons import RunnerProcess
 from tests.fixtures_http import Receiver, wait_until
-from tests.fixtures_kafka import free_port
-from timerctl.config import Settings
+from tests.polling import free_port
 from timerctl.model import Status, Timer, format_instant, parse_instant, utc
-from timerctl.service import TimerService
-from timerctl.spec import build_spec
 from timerctl.stores.sqlite import SqliteStore
 from timerctl.timeparse import parse_time
 
-TIMERCTL = str(Path(sys.executable).with_name("timerctl"))
 BENCH_RECEIVER = Path(__file__).resolve().parents[2] / "bench" / "receiver.py"
 URL = "http://127.0.0.1:9/hook"
 
 
-def berlin() -> ZoneInfo:
-    try:
-        return ZoneInfo("Europe/Berlin")
-    except ZoneInfoNotFoundError:
-        pytest.skip("no tz database entry for Europe/Berlin on this machine (installing tzdata is not allowed)")
-
-
-def base_env(tmp_path: Path, **settings: str) -> dict[str, str]:
-    """This environment without TIMERCTL_*/systemd variables, on the test's own store and no config file."""
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith("TIMERCTL_") and k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC")
-    }
-    env.update(TIMERCTL_DB=str(tmp_path / "timers.db"), TIMERCTL_CONFIG=os.devnull)
-    env.update({f"TIMERCTL_{k.upper()}": v for k, v in settings.items()})
-    return env
-
-
-def timerctl(env: dict[str, str], *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([TIMERCTL, *args], env=env, input=stdin, capture_output=True, text=True, timeout=30)
-
-
 def stored(tmp_path: Path) -> dict[str, Timer]:
-    store = SqliteStore(str(tmp_path / "timers.db"))
-    try:
-        return {t.timer_id: t for t in store.find(limit=100_000)}
-    finally:
-        store.close()
-
-
-class Runner:
-    """One ``timerctl serve runner`` process with its JSON log in a file; always stopped."""
-
-    def __init__(self, env: dict[str, str], log: Path, level: str = "INFO") -> None:
-        self.log = log
-        with open(log, "wb") as err:
-            self.proc = subprocess.Popen(
-                [TIMERCTL, "serve", "runner", "--log-format", "json", "--log-level", level],
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=err,
-            )
-
-    def events(self) -> list[dict[str, Any]]:
-        lines = self.log.read_text(encoding="utf-8", errors="replace").splitlines()
-        return [json.loads(line) for line in lines if line.startswith("{")]
-
-    def wait_ready(self) -> None:
-        def ready() -> bool:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"runner exited {self.proc.returncode}: {self.log.read_text()}")
-            return any(e.get("event") == "runner_started" for e in self.events())
-
-        wait_until(ready, timeout=15, message="the runner to start")
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
-            raise
-
-
-@pytest.fixture
-def runners() -> Iterator[list[Runner]]:
-    started: list[Runner] = []
-    yield started
-    for runner in started:
-        if runner.proc.poll() is None:
-            runner.proc.kill()
-            runner.proc.wait(timeout=10)
+    return {t.timer_id: t for t in stored_timers(tmp_path / "timers.db")}
 
 
 # --- instants already past ------------------------------------------------------------------------------
 
 
 def test_from_file_refuses_past_instants_line_by_line_and_creates_the_rest(tmp_path: Path) -> None:
-    env = base_env(tmp_path)
+    env = process_env(tmp_path)
     now = datetime.now(UTC)
     lines = [
         {"url": URL, "in": "1h", "id": "future-in"},
@@ -137,11 +59,10 @@ def test_from_file_refuses_past_instants_line_by_line_and_creates_the_rest(tmp_p
 
 
 def test_a_zero_delay_line_in_a_file_import_fires_at_once(
-    tmp_path: Path, receiver: Receiver, runners: list[Runner]
+    tmp_path: Path, receiver: Receiver, spawn: Callable[..., RunnerProcess]
 ) -> None:
-    env = base_env(tmp_path, poll_interval="0.1")
-    runner = Runner(env, tmp_path / "runner.log")
-    runners.append(runner)
+    env = process_env(tmp_path, poll_interval="0.1")
+    runner = spawn(env)
     runner.wait_ready()
     line = json.dumps({"url": receiver.url("/now"), "in": "0s", "id": "zero"})
     done = timerctl(env, "create", "--from-file", "-", stdin=line + "\n")
@@ -153,7 +74,7 @@ def test_a_zero_delay_line_in_a_file_import_fires_at_once(
     print(f"0s timer received {lateness * 1000:.0f} ms after its expiry")
     assert lateness < 1.0, f"a 0s timer fired {lateness:.2f}s late"
     wait_until(lambda: stored(tmp_path)["zero"].status is Status.FINISHED, timeout=10, message="zero Finished")
-    assert runner.stop() == 0
+    assert runner.stop(signal.SIGTERM, 30)[0] == 0
 
 
 # --- the thundering herd --------------------------------------------------------------------------------
@@ -173,7 +94,9 @@ def start_bench_receiver(out: Path) -> tuple[subprocess.Popen[str], str]:
     return proc, f"http://127.0.0.1:{port}/herd"
 
 
-def test_ten_thousand_timers_due_at_the_same_millisecond_fire_once_each(tmp_path: Path, runners: list[Runner]) -> None:
+def test_ten_thousand_timers_due_at_the_same_millisecond_fire_once_each(
+    tmp_path: Path, spawn: Callable[..., RunnerProcess]
+) -> None:
     out = tmp_path / "received.jsonl"
     receiver, url = start_bench_receiver(out)
     try:
@@ -181,10 +104,9 @@ def test_ten_thousand_timers_due_at_the_same_millisecond_fire_once_each(tmp_path
         expiry = created + timedelta(seconds=3)  # the runner starts meanwhile: every timer is due at once
         store = SqliteStore(str(tmp_path / "timers.db"))
         try:
-            store.insert_many([Timer(f"herd-{i:05d}", url, expiry, created) for i in range(HERD)])
+            store.insert_many([make_timer(f"herd-{i:05d}", expiry, url=url, created_at=created) for i in range(HERD)])
             assert store.counts()[Status.SCHEDULED] == HERD
-            runner = Runner(base_env(tmp_path), tmp_path / "runner.log", level="WARNING")
-            runners.append(runner)
+            runner = spawn(process_env(tmp_path), level="WARNING")
 
             def all_finished() -> bool:
                 if runner.proc.poll() is not None:
@@ -195,7 +117,7 @@ def test_ten_thousand_timers_due_at_the_same_millisecond_fire_once_each(tmp_path
             counts = store.counts()
         finally:
             store.close()
-        assert runner.stop() == 0
+        assert runner.stop(signal.SIGTERM, 30)[0] == 0
     finally:
         receiver.send_signal(signal.SIGTERM)
         receiver.wait(timeout=30)
@@ -222,15 +144,15 @@ def test_ten_thousand_timers_due_at_the_same_millisecond_fire_once_each(tmp_path
 # --- daylight saving time -------------------------------------------------------------------------------
 
 
-def test_a_naive_time_in_the_spring_forward_gap_moves_forward_by_the_gap() -> None:
-    zone = berlin()
+def test_a_naive_time_in_the_spring_forward_gap_moves_forward_by_the_gap(berlin: ZoneInfo) -> None:
+    zone = berlin
     at = parse_time("2026-03-29T02:30", zone)  # 02:00-03:00 does not exist that night in Berlin
     assert at == datetime(2026, 3, 29, 1, 30, tzinfo=UTC)  # read with the offset before the gap, +01:00
     assert at.astimezone(zone).replace(tzinfo=None) == datetime(2026, 3, 29, 3, 30)  # 03:30 CEST
 
 
-def test_a_naive_time_in_the_autumn_fold_is_the_first_of_the_two() -> None:
-    zone = berlin()
+def test_a_naive_time_in_the_autumn_fold_is_the_first_of_the_two(berlin: ZoneInfo) -> None:
+    zone = berlin
     at = parse_time("2026-10-25T02:30", zone)  # 02:00-03:00 happens twice that night in Berlin
     assert at == datetime(2026, 10, 25, 0, 30, tzinfo=UTC)  # the first, still summer time (+02:00)
     # An explicit offset picks either one.
@@ -238,9 +160,8 @@ def test_a_naive_time_in_the_autumn_fold_is_the_first_of_the_two() -> None:
     assert parse_time("2026-10-25T02:30+02:00", zone) == at
 
 
-def berlin_transitions(after: datetime, days: int = 366) -> dict[str, date]:
-    """The dates of the next spring-forward ("gap") and fall-back ("fold") in Berlin after ``after``."""
-    zone = berlin()
+def berlin_transitions(zone: ZoneInfo, after: datetime, days: int = 366) -> dict[str, date]:
+    """The dates of the next spring-forward ("gap") and fall-back ("fold") in Berlin (``zone``) after ``after``."""
     found: dict[str, date] = {}
     hour = after.replace(minute=0, second=0, microsecond=0)
     for _ in range(days * 24):
@@ -257,7 +178,7 @@ def berlin_transitions(after: datetime, days: int = 366) -> dict[str, date]:
     ids=["autumn-fold-first-of-two", "spring-gap-moves-forward"],
 )
 def test_create_at_a_naive_dst_time_stores_the_documented_utc_expiry(
-    tmp_path: Path, kind: str, offset_hours: int
+    tmp_path: Path, berlin: ZoneInfo, kind: str, offset_hours: int
 ) -> None:
     """``timerctl create --at YYYY-MM-DDT02:30`` with TZ=Europe/Berlin on the next night the clocks change.
 
@@ -265,11 +186,10 @@ def test_create_at_a_naive_dst_time_stores_the_documented_utc_expiry(
     beyond the horizon). The fold takes summer time's +02:00 (the first 02:30); in the gap 02:30 is read
     with the +01:00 in force before it, which is 03:30 summer time.
     """
-    berlin()
-    day = berlin_transitions(datetime.now(UTC) + timedelta(days=1))[kind]
+    day = berlin_transitions(berlin, datetime.now(UTC) + timedelta(days=1))[kind]
     local = f"{day.isoformat()}T02:30"
     done = timerctl(
-        {**base_env(tmp_path), "TZ": "Europe/Berlin"}, "create", "--url", URL, "--at", local, "--json", "--id", kind
+        {**process_env(tmp_path), "TZ": "Europe/Berlin"}, "create", "--url", URL, "--at", local, "--json", "--id", kind
     )
     assert done.returncode == 0, done.stderr
     expected = datetime.fromisoformat(local).replace(tzinfo=UTC) - timedelta(hours=offset_hours)
@@ -277,30 +197,11 @@ def test_create_at_a_naive_dst_time_stores_the_documented_utc_expiry(
     assert stored(tmp_path)[kind].expiry_time == expected
 
 
-@pytest.mark.parametrize(
-    "local_now",
-    [datetime(2026, 3, 28, 12, 0), datetime(2026, 10, 24, 12, 0)],
-    ids=["across-spring-forward", "across-fall-back"],
-)
-def test_a_one_day_delay_across_a_dst_change_is_exactly_86400_seconds(tmp_path: Path, local_now: datetime) -> None:
-    """Durations are absolute: ``--in 1d`` created at noon the day before a DST change expires 86,400 s later
-    in UTC, which on the local wall clock is 13:00 (spring) or 11:00 (autumn), not noon again."""
-    zone: tzinfo = berlin()
-    created = local_now.replace(tzinfo=zone)
-    spec = build_spec(URL, zone, delay="1d")
-    with TimerService(Settings(db=str(tmp_path / "timers.db")), clock=lambda: created.astimezone(UTC)) as svc:
-        timer = svc.create(spec).timer
-    assert timer.expiry_time - timer.created_at == timedelta(seconds=86_400)
-    assert stored(tmp_path)[timer.timer_id].expiry_time == utc(created) + timedelta(days=1)
-    wall = timer.expiry_time.astimezone(zone)
-    assert wall.date() == local_now.date() + timedelta(days=1)
-    assert wall.hour == (13 if local_now.month == 3 else 11)
-
-
+@pytest.mark.usefixtures("berlin")  # skips without the zone, as TZ=Europe/Berlin would not be it
 def test_create_in_1d_under_a_dst_zone_is_86400_seconds_in_utc(tmp_path: Path) -> None:
-    """The same through the command line with TZ=Europe/Berlin: the zone plays no part in a delay."""
-    berlin()
-    env = {**base_env(tmp_path), "TZ": "Europe/Berlin"}
+    """The same through the command line with TZ=Europe/Berlin: the zone plays no part in a delay
+    (``TimerService`` with a clock at noon before each DST change: ``test_service.py``)."""
+    env = {**process_env(tmp_path), "TZ": "Europe/Berlin"}
     done = timerctl(env, "create", "--url", URL, "--in", "1d", "--json")
     assert done.returncode == 0, done.stderr
     created = json.loads(done.stdout)

@@ -23,8 +23,9 @@ from typing import Any
 import pytest
 from kafka.errors import TopicAlreadyExistsError
 
+from tests.factories import process_env
 from tests.fixtures_kafka import TOPIC_PARTITIONS, TansuBroker, create_topics
-from tests.reliability.harness import new_seed, redis_server_binary, scenario_env
+from tests.reliability.harness import new_seed, redis_server_binary
 from tests.reliability.outages import broker_outage_scenario, receiver_outage_scenario, redis_outage_scenario
 from tests.reliability.scenarios import crash_scenario, load_scenario, store_stall_scenario
 
@@ -60,7 +61,7 @@ def kafka_env(tmp_path: Path, private_kafka_broker: TansuBroker, redis_url: str)
     keep their groups, and whatever Tansu remembers of them, away from every other test's.
     """
     make_topics(private_kafka_broker)
-    return scenario_env(
+    return process_env(
         tmp_path, kafka_bootstrap=private_kafka_broker.bootstrap, topic=TOPIC, redis_url=redis_url, poll_interval="0.2"
     )
 
@@ -96,7 +97,7 @@ def test_receiver_down_then_back_retries_with_backoff_and_delivers(tmp_path: Pat
 
     Stopped with SIGTERM, on which bench/receiver.py closes its socket at once and writes its receipts.
     """
-    env = scenario_env(tmp_path, redis_url=redis_url, poll_interval="0.2")
+    env = process_env(tmp_path, redis_url=redis_url, poll_interval="0.2")
     row = receiver_outage_scenario(env, tmp_path, timers=200, down=8.0, first_delay=0.5, max_delay=4.0)
     why = show(row)
     assert row["received_before_down"] == 0, why
@@ -182,7 +183,7 @@ def test_store_locked_longer_than_the_lease_fires_nothing_twice(tmp_path: Path, 
     Regression: a runner re-claimed its own timers whose lease lapsed while their outcome waited for the
     store, and POSTed them again (~190 repeats in one run of four before the fix).
     """
-    env = scenario_env(tmp_path, redis_url=redis_url, poll_interval="0.2")
+    env = process_env(tmp_path, redis_url=redis_url, poll_interval="0.2")
     row = store_stall_scenario(env, tmp_path, timers=300, stalls=2, hold=3.0, lease=2.0)
     why = show(row)
     assert row["delivered"] == 300 and row["lost"] == 0, why

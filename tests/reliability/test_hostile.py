@@ -9,16 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import subprocess
-import sys
-import threading
 import unicodedata
 import uuid
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta, timezone
 from fractions import Fraction
+from functools import partial
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -28,10 +25,10 @@ from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 from kafka import KafkaProducer
 
-from tests.fixtures_kafka import read_topic, wait_for
+from tests.factories import TIMERCTL, make_timer, process_env, stored_timers
+from tests.fixtures_kafka import consumer_thread, read_topic
+from tests.polling import wait_for
 from timerctl.config import Settings
-from timerctl.daemons.consumer import serve
-from timerctl.daemons.lifecycle import StopFlag
 from timerctl.delivery import build_body
 from timerctl.model import (
     FINAL_STATUSES,
@@ -226,7 +223,7 @@ def test_the_transition_table_is_the_documented_one() -> None:
 @FUZZ
 @given(st.lists(st.one_of(st.sampled_from(list(Status)), st.just("cancel")), max_size=40))
 def test_random_moves_follow_the_state_machine(moves: list[Status | str]) -> None:
-    timer = Timer("fsm", "https://h.example/", T0, T0)
+    timer = make_timer("fsm", T0, url="https://h.example/", created_at=T0)
     for move in moves:
         before = timer
         if move == "cancel":
@@ -367,9 +364,8 @@ def test_decode_refuses_any_bytes_but_a_valid_record(memory_store: SqliteStore, 
 # --- a corpus of malformed records on a real topic ------------------------------------------------------
 
 
-def good_timer(timer_id: str) -> Timer:
-    now = utc(datetime.now(UTC))
-    return Timer(timer_id, "http://127.0.0.1:9/hook", now + timedelta(hours=1), now, payload={"ok": True})
+#: ``good_timer(timer_id)``: a valid timer, made now and due an hour later.
+good_timer = partial(make_timer, url="http://127.0.0.1:9/hook", payload={"ok": True})
 
 
 def create_value(**timer_changes: Any) -> bytes:
@@ -418,32 +414,6 @@ def produce(bootstrap: str, topic: str, records: Sequence[tuple[bytes, bytes | N
         producer.close(timeout=5)
 
 
-@contextmanager
-def consumer_running(settings: Settings, store: SqliteStore) -> Iterator[list[BaseException]]:
-    """``serve`` in a thread with its own group until the block ends; yields the errors it died of."""
-    flag, errors = StopFlag(), []
-    result: list[int] = []
-
-    def target() -> None:
-        try:
-            # 6 s: Tansu completes a group join after about half the session timeout derived from it.
-            group = f"g-{uuid.uuid4().hex[:8]}"
-            result.append(serve(settings, flag, store, group_id=group, max_poll_interval_ms=6000))
-        except BaseException as exc:
-            errors.append(exc)
-
-    thread = threading.Thread(target=target)
-    thread.start()
-    try:
-        yield errors
-    finally:
-        flag.request()
-        thread.join(30)
-    assert not thread.is_alive(), "consumer did not stop within 30s"
-    assert not errors, f"the consumer died: {errors!r}"
-    assert result == [0]
-
-
 def test_every_malformed_record_is_dead_lettered_and_the_consumer_keeps_going(
     kafka_bootstrap: str, kafka_topic: str, tmp_path: Path
 ) -> None:
@@ -453,7 +423,7 @@ def test_every_malformed_record_is_dead_lettered_and_the_consumer_keeps_going(
     settings = Settings(db=str(tmp_path / "timers.db"), kafka_bootstrap=kafka_bootstrap, topic=kafka_topic)
     store = SqliteStore(settings.db_path)
     try:
-        with consumer_running(settings, store) as errors:
+        with consumer_thread(settings, store) as errors:
             wait_for(lambda: errors or store.get(after.timer_id), 30, "the valid record after the corpus")
         assert store.get(after.timer_id) == after
         assert sum(store.counts().values()) == 1, [t.timer_id for t in store.find()]
@@ -473,13 +443,12 @@ def test_every_malformed_record_is_dead_lettered_and_the_consumer_keeps_going(
 
 # --- the command line -----------------------------------------------------------------------------------
 
-TIMERCTL = str(Path(sys.executable).with_name("timerctl"))
 Arg = str | bytes
 
 
 @dataclasses.dataclass
 class Cli:
-    """``timerctl`` as a subprocess on the test's own store file."""
+    """``timerctl`` as a subprocess on the test's own store file; arguments may be bytes (not UTF-8)."""
 
     tmp: Path
 
@@ -488,19 +457,14 @@ class Cli:
         return self.tmp / "timers.db"
 
     def env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("TIMERCTL_")}
-        return {**env, "TIMERCTL_DB": str(self.db), "TIMERCTL_CONFIG": os.devnull}
+        return process_env(self.tmp)
 
     def __call__(self, *args: Arg, stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
         argv: list[Arg] = [TIMERCTL.encode() if any(isinstance(a, bytes) for a in args) else TIMERCTL, *args]
         return subprocess.run(argv, env=self.env(), input=stdin, capture_output=True, timeout=30, check=False)
 
     def stored(self) -> list[Timer]:
-        store = SqliteStore(str(self.db))
-        try:
-            return store.find(limit=1000)
-        finally:
-            store.close()
+        return stored_timers(self.db)
 
 
 @pytest.fixture

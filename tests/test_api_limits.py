@@ -1,4 +1,4 @@
-"""The HTTP API as a real server under hostile and concurrent clients.
+"""The HTTP API's bounds (``api_limits.py``) on a real server, under hostile and concurrent clients.
 
 A ``timerctl serve api`` subprocess (with a tokens file and Prometheus metrics) takes oversized bodies, a
 thousand stalled connections and fifty racing creates; raw sockets put exactly the bytes each case needs on
@@ -9,11 +9,8 @@ where it must not.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
-import os
 import resource
-import secrets
 import selectors
 import signal
 import socket
@@ -30,8 +27,9 @@ import httpx
 import pytest
 import uvicorn
 
+from tests.factories import api_token, process_env, settings_for, token_line
+from tests.fixtures_api import HOOK, OLD_BODY
 from tests.polling import free_port, wait_for
-from tests.test_api import HOOK, OLD_BODY, settings_for
 
 ROOT = Path(__file__).resolve().parents[1]
 MiB = 1024 * 1024
@@ -75,15 +73,10 @@ def raise_open_file_limit(need: int) -> None:
 def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
     raise_open_file_limit(2 * HALF_OPEN + 500)  # before the server starts: it inherits the limit
     tmp = tmp_path_factory.mktemp("api")
-    token = "tmr_" + secrets.token_urlsafe(32)
-    (tmp / "tokens").write_text(f"write sha256:{hashlib.sha256(token.encode()).hexdigest()} tests\n")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TIMERCTL_")}
-    env.update(
-        TIMERCTL_DB=str(tmp / "timers.db"),
-        TIMERCTL_API_TOKENS_FILE=str(tmp / "tokens"),
-        XDG_CONFIG_HOME=str(tmp),
-        PYTHONPATH=str(ROOT),  # the timerctl of this tree, whichever is installed
-    )
+    token = api_token()
+    (tmp / "tokens").write_text(token_line(token, "write") + " tests\n")
+    env = process_env(tmp, api_tokens_file=str(tmp / "tokens"))
+    env["PYTHONPATH"] = str(ROOT)  # the timerctl of this tree, whichever is installed
     port, metrics_port = free_port(), free_port()
     argv = ["serve", "api", "--port", str(port), "--metrics-port", str(metrics_port), "--log-level", "ERROR"]
     with (tmp / "api.log").open("wb") as log:

@@ -1,38 +1,29 @@
-"""Live views: ``watch`` follows a timer to its outcome; ``stats`` and ``list --due-within``."""
+"""Live views (``cli/views.py``): ``watch`` follows a timer to its outcome; ``stats`` and ``list --due-within``.
+
+Each command runs as a process, next to ``timerctl serve runner`` processes where a timer must fire.
+"""
 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from tests.factories import process_env, timerctl
+from tests.fixtures_daemons import RunnerProcess
 from tests.fixtures_http import Receiver
-
-TIMERCTL = str(Path(sys.executable).parent / "timerctl")
 
 
 @pytest.fixture
 def env(tmp_path: Path) -> dict[str, str]:
-    base = {k: v for k, v in os.environ.items() if not k.startswith("TIMERCTL_")}
-    base.update(TIMERCTL_DB=str(tmp_path / "t.db"), TIMERCTL_POLL_INTERVAL="0.1", TIMERCTL_RETRY_FIRST_DELAY="0.1")
-    return base
-
-
-@pytest.fixture
-def runner(env: dict[str, str]) -> Iterator[subprocess.Popen[bytes]]:
-    proc = subprocess.Popen([TIMERCTL, "serve", "runner", "--log-level", "WARNING"], env=env)
-    yield proc
-    proc.terminate()
-    proc.wait(timeout=20)
+    return process_env(tmp_path, poll_interval="0.1", retry_first_delay="0.1")
 
 
 def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([TIMERCTL, *args], env=env, capture_output=True, text=True, timeout=60)
+    return timerctl(env, *args, timeout=60)
 
 
 def create(env: dict[str, str], *args: str) -> str:
@@ -42,8 +33,9 @@ def create(env: dict[str, str], *args: str) -> str:
 
 
 def test_watch_exits_0_with_the_finished_timer(
-    env: dict[str, str], receiver: Receiver, runner: subprocess.Popen[bytes]
+    env: dict[str, str], receiver: Receiver, spawn: Callable[..., RunnerProcess]
 ) -> None:
+    spawn(env, level="WARNING")
     timer_id = create(env, "--url", receiver.url(), "--in", "1s")
     watched = cli(env, "watch", timer_id, "--json")
     assert watched.returncode == 0, watched.stderr
@@ -52,16 +44,14 @@ def test_watch_exits_0_with_the_finished_timer(
     assert len(receiver.requests) == 1
 
 
-def test_watch_exits_5_when_the_timer_fails(env: dict[str, str], receiver: Receiver) -> None:
+def test_watch_exits_5_when_the_timer_fails(
+    env: dict[str, str], receiver: Receiver, spawn: Callable[..., RunnerProcess]
+) -> None:
     env["TIMERCTL_MAX_ATTEMPTS"] = "2"
     receiver.respond("/bad", 500, 500)
     timer_id = create(env, "--url", receiver.url("/bad"), "--in", "0s")
-    proc = subprocess.Popen([TIMERCTL, "serve", "runner", "--log-level", "WARNING"], env=env)
-    try:
-        watched = cli(env, "watch", timer_id, "--json")
-    finally:
-        proc.terminate()
-        proc.wait(timeout=20)
+    spawn(env, level="WARNING")
+    watched = cli(env, "watch", timer_id, "--json")
     assert watched.returncode == 5
     assert json.loads(watched.stdout)["lastError"] == "HTTP 500"
 
