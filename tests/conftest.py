@@ -11,11 +11,12 @@ import pytest
 
 from timerctl.stores.sqlite import SqliteStore
 
+# Modules other fixture modules import come first, so pytest rewrites their asserts before the import.
 pytest_plugins = [
+    "tests.fixtures_http",
+    "tests.fixtures_daemons",
     "tests.fixtures_api",
     "tests.fixtures_cli",
-    "tests.fixtures_daemons",
-    "tests.fixtures_http",
     "tests.fixtures_kafka",
     "tests.fixtures_redis",
 ]

@@ -33,6 +33,11 @@ ROOT = Path(__file__).resolve().parents[1]
 # --- a runner in-process ---------------------------------------------------------------------------------
 
 
+def all_held(store: SqliteStore, ids: list[str]) -> bool:
+    """True when a runner's lease holds every timer of ``ids`` (a claim leaves the status as it was)."""
+    return all((t := store.get(tid)) is not None and t.lease_owner is not None for tid in ids)
+
+
 @contextmanager
 def running(
     settings: Settings,

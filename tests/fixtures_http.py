@@ -32,13 +32,22 @@ class Received:
         return json.loads(self.body)
 
 
+@dataclass(frozen=True)
+class Reply:
+    """One scripted answer: its status, its body, and how long to wait before sending it."""
+
+    status: int = 200
+    body: bytes = b""
+    delay: float = 0.0
+
+
 class Receiver:
-    """Records POSTs; per path a queue of statuses to answer (default 200) and an optional hang."""
+    """Records POSTs; per path a queue of replies (default 200, no body) and an optional hang."""
 
     def __init__(self) -> None:
         self.requests: list[Received] = []
         self._cond = threading.Condition()
-        self._responses: dict[str, deque[int]] = defaultdict(deque)
+        self._responses: dict[str, deque[Reply]] = defaultdict(deque)
         self._hang: dict[str, float] = {}
         receiver = self
 
@@ -55,11 +64,14 @@ class Receiver:
                 with receiver._cond:
                     receiver.requests.append(item)
                     queue = receiver._responses[path]
-                    status = queue.popleft() if queue else 200
+                    reply = queue.popleft() if queue else Reply()
                     receiver._cond.notify_all()
-                self.send_response(status)
-                self.send_header("Content-Length", "0")
+                if reply.delay:
+                    time.sleep(reply.delay)
+                self.send_response(reply.status)
+                self.send_header("Content-Length", str(len(reply.body)))
                 self.end_headers()
+                self.wfile.write(reply.body)
 
             def log_message(self, format: str, *args: object) -> None:
                 return None
@@ -75,9 +87,9 @@ class Receiver:
     def url(self, path: str = "/hook") -> str:
         return f"http://127.0.0.1:{self.port}{path}"
 
-    def respond(self, path: str, *statuses: int) -> None:
-        """Answer the next POSTs to ``path`` with these statuses, then 200."""
-        self._responses[path].extend(statuses)
+    def respond(self, path: str, *replies: int | Reply) -> None:
+        """Answer the next POSTs to ``path`` with these statuses or replies, then 200."""
+        self._responses[path].extend(r if isinstance(r, Reply) else Reply(r) for r in replies)
 
     def hang(self, path: str, seconds: float) -> None:
         """Make every POST to ``path`` wait ``seconds`` before answering."""

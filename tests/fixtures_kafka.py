@@ -7,7 +7,8 @@ Without a broker binary the Kafka tests skip locally and fail when ``CI`` is set
 Fault tests that stop or restart a broker take their own (``private_kafka_broker`` or
 ``start_broker()``) rather than the shared one. Tansu keeps everything in memory: a restart loses
 every topic, record and committed offset, so after ``restart()`` a test starts from an empty broker.
-``consumer_thread`` runs the consumer daemon in a thread of the test.
+``consumer_thread`` runs the consumer daemon in a thread of the test; ``wait_fully_committed`` waits until a
+group has consumed (stored and committed) every record of a topic.
 """
 
 from __future__ import annotations
@@ -26,8 +27,9 @@ from typing import Any, NoReturn
 import pytest
 
 from tests.polling import accepts_connections, free_port, wait_for
+from timerctl.clock import Clock, system_clock
 from timerctl.config import Settings
-from timerctl.daemons.consumer import serve
+from timerctl.daemons.consumer import MAX_RECORDS, serve
 from timerctl.daemons.lifecycle import StopFlag
 
 ENV_BOOTSTRAP = "TIMERCTL_TEST_KAFKA_BOOTSTRAP"
@@ -202,6 +204,39 @@ def end_offsets(records: list[Any], partitions: int = TOPIC_PARTITIONS) -> dict[
     return ends
 
 
+def committed_offsets(bootstrap: str, topic: str, group: str) -> dict[int, int | None]:
+    """``group``'s committed offset in each partition (None where it never committed)."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    try:
+        return {p: consumer.committed(TopicPartition(topic, p)) for p in range(TOPIC_PARTITIONS)}
+    finally:
+        consumer.close(autocommit=False)
+
+
+def wait_fully_committed(bootstrap: str, topic: str, group: str, total: int, timeout: float = 15) -> None:
+    """Wait until ``group`` committed the end of every partition of ``topic`` (``total`` records)."""
+    ends = {p: end or None for p, end in end_offsets(read_topic(bootstrap, topic, total)).items()}
+    wait_for(lambda: committed_offsets(bootstrap, topic, group) == ends, timeout, f"commits up to {ends}")
+
+
+def is_empty(bootstrap: str, topic: str, partitions: int = 1) -> bool:
+    """Whether ``topic`` holds no record (a dead-letter topic, say), from its end offsets.
+
+    Exact for this question despite Tansu's short end offsets (see ``end_offsets``): any record makes one
+    at least 1.
+    """
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    try:
+        ends = consumer.end_offsets([TopicPartition(topic, p) for p in range(partitions)])
+        return all(end == 0 for end in ends.values())
+    finally:
+        consumer.close(autocommit=False)
+
+
 @pytest.fixture
 def kafka_topic(kafka_bootstrap: str) -> Iterator[str]:
     """A fresh topic ``t-<uuid8>`` with 4 partitions and its dead-letter topic ``t-<uuid8>.dlq`` (1)."""
@@ -214,9 +249,16 @@ def kafka_topic(kafka_bootstrap: str) -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def consumer_thread(settings: Settings, store: Any, group: str | None = None) -> Iterator[list[BaseException]]:
+def consumer_thread(
+    settings: Settings,
+    store: Any,
+    group: str | None = None,
+    *,
+    max_records: int = MAX_RECORDS,
+    clock: Clock = system_clock,
+) -> Iterator[list[BaseException]]:
     """The consumer daemon (``serve``) on ``store`` (a Store, or a stand-in) in a thread, in ``group`` (else a new
-    one), until the block ends.
+    one), until the block ends; ``max_records`` per poll, ``clock`` for its cancels.
 
     Yields the errors it died of, so a wait in the block can stop early; asserts it stopped with exit code 0.
     """
@@ -226,7 +268,16 @@ def consumer_thread(settings: Settings, store: Any, group: str | None = None) ->
 
     def target() -> None:
         try:
-            result.append(serve(settings, flag, store, group_id=group_id, max_poll_interval_ms=TEST_POLL_INTERVAL_MS))
+            code = serve(
+                settings,
+                flag,
+                store,
+                group_id=group_id,
+                max_records=max_records,
+                max_poll_interval_ms=TEST_POLL_INTERVAL_MS,
+                clock=clock,
+            )
+            result.append(code)
         except BaseException as exc:
             errors.append(exc)
 

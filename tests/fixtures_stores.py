@@ -99,6 +99,10 @@ SQLITE_COLUMNS = {
     "dueAt": "due_ms",
     "leaseUntil": "lease_until_ms",
     "leaseOwner": "lease_owner",
+    "revision": "revision",
+    "endedAt": "ended_ms",
+    "deliveryCount": "delivery_count",
+    "onFailureUrl": "on_failure_url",
 }
 
 

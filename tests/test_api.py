@@ -4,16 +4,15 @@ The contract tests run the app in-process over a TimerService with a clock the t
 ``timeLeft`` is exact (``client``, ``service`` and ``clock`` of ``tests/fixtures_api.py``). The end-to-end
 tests start ``timerctl serve api`` (or ``serve all --api``) and runners as subprocesses on one store, talk to
 them with httpx, and let the ``receiver`` take the webhooks. Tokens and malformed requests are in
-``test_api_security.py``, the server's bounds in ``test_api_limits.py``.
+``test_api_security.py``, the server's bounds in ``test_api_limits.py``, the routes that change a timer after
+its create (update, fire, retry) and its deliveries in ``test_api_lifecycle.py``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -22,8 +21,8 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.factories import process_env, settings_for
-from tests.fixtures_api import HOOK, OLD_BODY, created, rejected
+from tests.factories import settings_for
+from tests.fixtures_api import HOOK, OLD_BODY, api_client, created, rejected
 from tests.fixtures_daemons import Daemons
 from tests.fixtures_http import Receiver, wait_until
 from tests.polling import free_port
@@ -184,10 +183,10 @@ def test_delete_cancels_a_scheduled_timer_then_409_then_get_shows_cancelled(
     assert response.json() == {
         "code": 200,
         "message": "Timer Cancelled!",
-        "timer": {"timerId": timer_id, "timeLeft": 90, "timerStatus": "Cancelled"},
+        "timer": {"timerId": timer_id, "timeLeft": 0, "timerStatus": "Cancelled"},  # nothing left to wait for
     }
     assert service.store.get(timer_id) is not None and service.get(timer_id).status is Status.CANCELLED
-    rejected(client.delete(f"{prefix}/v1/timer/{timer_id}"), 409, "is Cancelled; only a Scheduled timer")
+    rejected(client.delete(f"{prefix}/v1/timer/{timer_id}"), 409, "cannot be cancelled: it is Cancelled")
     assert client.get(f"{prefix}/v1/timer/{timer_id}").json()["timer"]["timerStatus"] == "Cancelled"
 
 
@@ -209,11 +208,23 @@ def test_docs_and_openapi_are_served_and_list_the_routes(client: TestClient) -> 
     methods = {path: set(ops) for path, ops in spec["paths"].items()}
     for prefix in ("", "/api"):
         assert methods[f"{prefix}/v1/timer"] == {"post"}
-        assert methods[f"{prefix}/v1/timer/{{timerId}}"] == {"get", "delete"}
+        assert methods[f"{prefix}/v1/timer/{{timerId}}"] == {"get", "patch", "delete"}
+        assert methods[f"{prefix}/v1/timer/{{timerId}}/fire"] == {"post"}
+        assert methods[f"{prefix}/v1/timer/{{timerId}}/retry"] == {"post"}
     assert methods["/health"] == {"get"}
     create = spec["paths"]["/v1/timer"]["post"]
     body_fields = create["requestBody"]["content"]["application/json"]["schema"]["properties"]
-    assert {"webhookUrl", "hours", "minutes", "seconds", "in", "expiryTime", "payload", "timerId"} <= set(body_fields)
+    assert {
+        "webhookUrl",
+        "hours",
+        "minutes",
+        "seconds",
+        "in",
+        "expiryTime",
+        "payload",
+        "timerId",
+        "onFailureUrl",
+    } <= set(body_fields)
     assert {"200", "201", "400", "409", "503"} <= set(create["responses"]) and "422" not in create["responses"]
 
 
@@ -282,30 +293,6 @@ def test_cli_start_up_does_not_import_the_web_stack() -> None:
 
 
 # --- real processes -------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def processes(tmp_path: Path) -> Iterator[Daemons]:
-    procs = Daemons(process_env(tmp_path, poll_interval="0.2", retry_first_delay="0.2"), tmp_path)
-    yield procs
-    procs.stop_all()
-
-
-@contextlib.contextmanager
-def api_client(procs: Daemons, proc: subprocess.Popen[str], port: int) -> Iterator[httpx.Client]:
-    """A client for the API at ``port`` once its /health answers; fails with the server's log if it died."""
-    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
-
-        def answers() -> bool:
-            if proc.poll() is not None:
-                raise AssertionError(f"the API exited with {proc.returncode}: {procs.log(proc)}")
-            try:
-                return client.get("/health").status_code in (200, 503)
-            except httpx.TransportError:
-                return False
-
-        wait_until(answers, timeout=30, message=f"the API on port {port} to answer")
-        yield client
 
 
 def status_of(client: httpx.Client, timer_id: str) -> str:

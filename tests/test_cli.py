@@ -2,6 +2,7 @@
 
 Run in-process through ``timerctl.cli.main`` (the ``cli`` fixture of ``tests/fixtures_cli.py``) on a throw-away
 SQLite file. Each command has its own file: ``test_cli_timers.py`` (create, get, list, cancel),
+``test_cli_lifecycle.py`` (update, fire, retry, purge, and what get and list show of a timer's life),
 ``test_cli_views.py`` (watch, stats), ``test_cli_doctor.py``, ``test_cli_verify.py``, ``test_cli_serve.py`` and
 ``test_cli_tokens.py`` (api-token). Each rejected input must give its exit code, exactly one ``error:`` line on
 stderr and nothing on stdout.
@@ -53,7 +54,8 @@ COMMANDS = list(walk(typer.main.get_command(app)))
 
 def test_the_command_tree_has_the_documented_commands() -> None:
     paths = {" ".join(path) for path, _ in COMMANDS}
-    assert {"", "create", "get", "list", "cancel", "doctor", "demo", "serve", "serve runner"} <= paths
+    documented = {"", "create", "get", "list", "cancel", "update", "fire", "retry", "purge", "watch", "stats"}
+    assert documented | {"doctor", "demo", "verify", "serve", "serve runner", "api-token new"} <= paths
 
 
 @pytest.mark.parametrize(("path", "command"), [pytest.param(p, c, id=" ".join(p) or "timerctl") for p, c in COMMANDS])

@@ -20,15 +20,14 @@ import pytest
 from tests.factories import (
     INSTANT_RE,
     MAX_PAYLOAD_TEXT_BYTES,
-    PUBLIC_KEYS,
     json_string_of_bytes,
     make_timer,
     url_of_length,
 )
-from tests.fixtures_cli import Cli, assert_rejected
+from tests.fixtures_cli import DETAIL_KEYS, TIMER_KEYS, Cli, assert_rejected, attempt, running
 from tests.fixtures_stores import corrupt
 from timerctl.cli import timers as timers_cli
-from timerctl.model import MAX_PAYLOAD_BYTES, MAX_URL_LENGTH, Outcome, Status
+from timerctl.model import MAX_PAYLOAD_BYTES, MAX_URL_LENGTH, Status
 from timerctl.stores.sqlite import SqliteStore
 
 URL = "https://hooks.example.com/fire"
@@ -40,19 +39,18 @@ pytestmark = pytest.mark.usefixtures("wide_terminal")
 
 
 def seed(db: Path, timer_id: str, status: Status) -> None:
-    """Store a timer in ``status`` the way the runner would put it there (insert, claim, complete)."""
+    """Store a timer in ``status`` the way the runner (or a cancel) would put it there: insert, then claim,
+    start and record an attempt (``tests/fixtures_cli.attempt``)."""
     store = SqliteStore(str(db))
     try:
         store.insert(make_timer(timer_id, T0, url=URL, created_at=T0 - timedelta(hours=1)))
         if status is Status.CANCELLED:
-            store.cancel(timer_id)
+            store.cancel(timer_id, T0 - timedelta(minutes=1))
+        elif status is Status.RUNNING:
+            running(store, timer_id, T0)
         elif status is not Status.SCHEDULED:
-            claimed = store.claim_due("runner-test", T0, T0, T0 + timedelta(seconds=30), 10)
-            assert [t.timer_id for t in claimed] == [timer_id]
-            if status is not Status.RUNNING:
-                error = "HTTP 500" if status is Status.FAILED else None
-                outcome = Outcome(timer_id, status, attempts=1, fired_at=T0, last_error=error)
-                assert store.complete("runner-test", [outcome]) == [timer_id]
+            code = {Status.FINISHED: 200, Status.FAILED: 500, Status.RETRYING: 503}[status]
+            attempt(store, timer_id, status, T0, code=code, retry_at=T0 + timedelta(minutes=1))
         stored = store.get(timer_id)
         assert stored is not None and stored.status is status
     finally:
@@ -242,7 +240,7 @@ def test_create_json_is_one_object_and_nothing_else(cli: Cli) -> None:
     assert (result.code, result.err) == (0, "")
     assert result.out.count("\n") == 1 and result.out.endswith("\n")
     data = result.json
-    assert isinstance(data, dict) and set(data) == PUBLIC_KEYS
+    assert isinstance(data, dict) and set(data) == TIMER_KEYS
     assert uuid.UUID(data["timerId"]).version == 4
     assert data["webhookUrl"] == URL
     assert INSTANT_RE.fullmatch(data["expiryTime"]) and INSTANT_RE.fullmatch(data["createdAt"])
@@ -339,8 +337,10 @@ def test_same_id_different_spec_conflicts(cli: Cli, changed: list[str], as_json:
 def test_get_json_matches_create(cli: Cli) -> None:
     created = cli.ok_json("create", "--url", URL, "--in", "10m", "--payload", "[1]")
     got = cli.ok_json("get", created["timerId"])
-    assert set(got) == PUBLIC_KEYS
-    assert {k: v for k, v in got.items() if k != "timeLeft"} == {k: v for k, v in created.items() if k != "timeLeft"}
+    assert set(got) == DETAIL_KEYS and (got["deliveries"], got["deliveriesOmitted"]) == ([], 0)
+    assert {k: v for k, v in got.items() if k in TIMER_KEYS - {"timeLeft"}} == {
+        k: v for k, v in created.items() if k != "timeLeft"
+    }
     assert 0 <= created["timeLeft"] - got["timeLeft"] <= 1
 
 
@@ -362,10 +362,16 @@ def test_get_shows_every_status(cli: Cli, status: Status) -> None:
     seed(cli.db, "seeded", status)
     data = cli.ok_json("get", "seeded")
     assert data["timerStatus"] == status.value
-    assert data["timeLeft"] > 0  # T0 is in 2030
-    if status in (Status.FINISHED, Status.FAILED):
-        assert (data["attempts"], data["firedAt"]) == (1, "2030-01-01T00:00:00.000Z")
-    assert data["lastError"] == ("HTTP 500" if status is Status.FAILED else None)
+    # T0 is in 2030: a pending timer has years left; any other has nothing left to wait for.
+    assert (data["timeLeft"] > 0) is status.is_pending
+    assert (data["nextAttemptAt"] is not None) is status.is_pending
+    assert (data["endedAt"] is not None) is status.is_final
+    if status in (Status.FINISHED, Status.FAILED, Status.RETRYING):
+        assert (data["attempts"], data["deliveryCount"], len(data["deliveries"])) == (1, 1, 1)
+    assert data["firedAt"] == ("2030-01-01T00:00:00.000Z" if status is Status.FINISHED else None)
+    assert data["lastError"] == {Status.FAILED: "HTTP 500", Status.RETRYING: "HTTP 503"}.get(status)
+    people = cli("get", "seeded")
+    assert people.code == 0 and status.value in people.out
 
 
 # --- list -----------------------------------------------------------------------------------------------
@@ -398,7 +404,7 @@ def test_list_json(three: Cli, args: list[str], ids: list[str]) -> None:
     data = three.ok_json("list", *args)
     assert isinstance(data, list)
     assert [d["timerId"] for d in data] == ids
-    assert all(set(d) == PUBLIC_KEYS for d in data)
+    assert all(set(d) == TIMER_KEYS for d in data)
 
 
 def test_list_json_empty_is_an_empty_array(cli: Cli) -> None:
@@ -439,7 +445,7 @@ def test_cancel_json(cli: Cli) -> None:
     cli.ok_json("create", "--url", URL, "--in", "1h", "--id", "c-1")
     data = cli.ok_json("cancel", "c-1")
     assert (data["timerId"], data["timerStatus"]) == ("c-1", "Cancelled")
-    assert set(data) == PUBLIC_KEYS
+    assert set(data) == TIMER_KEYS and data["endedAt"] is not None
     assert cli.ok_json("get", "c-1")["timerStatus"] == "Cancelled"
     [stored] = cli.stored()
     assert stored.status is Status.CANCELLED
@@ -465,7 +471,8 @@ def test_cancel_missing(cli: Cli, as_json: bool) -> None:
 def test_cancel_conflicts_name_the_status(cli: Cli, status: Status, as_json: bool) -> None:
     seed(cli.db, "done-1", status)
     result = cli("cancel", "done-1", *(["--json"] if as_json else []))
-    assert_rejected(result, 4, f"timer done-1 is {status.value}; only a Scheduled timer can be cancelled")
+    why = "its POST has already started" if status is Status.RUNNING else f"it is {status.value}"
+    assert_rejected(result, 4, f"timer done-1 cannot be cancelled: {why}; only a Scheduled or Retrying timer can")
     [stored] = cli.stored()
     assert stored.status is status
 
@@ -531,7 +538,11 @@ def test_a_from_file_line_over_the_limit_is_one_invalid_line(cli: Cli, tmp_path:
     ("column", "value", "why"),
     [
         ("payload", "{nope", "payload is not valid JSON"),
-        ("status", "Exploded", "status 'Exploded' is not one of Scheduled, Running, Finished, Failed, Cancelled"),
+        (
+            "status",
+            "Exploded",
+            "status 'Exploded' is not one of Scheduled, Running, Retrying, Finished, Failed, Cancelled",
+        ),
         ("created_ms", "yesterday", "createdAt 'yesterday' is not an instant"),
     ],
 )

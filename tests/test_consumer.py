@@ -1,5 +1,6 @@
 """The consumer daemon (``daemons/consumer.py``) against a real broker and the SQLite store: in a thread
-(``consumer_thread``), then as a process."""
+(``consumer_thread``), then as a process. How a change record is taken over a stored timer (``adopt``) is
+first pinned down on the store alone."""
 
 from __future__ import annotations
 
@@ -10,23 +11,27 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaProducer
 
 from tests.factories import make_timer, process_env
 from tests.fixtures_kafka import (
     TEST_POLL_INTERVAL_MS,
-    TOPIC_PARTITIONS,
     TansuBroker,
+    committed_offsets,
     consumer_thread,
-    end_offsets,
+    is_empty,
     read_topic,
+    wait_fully_committed,
 )
 from tests.polling import wait_for
+from timerctl import changes
+from timerctl.changes import Update, adopt
 from timerctl.config import Settings
 from timerctl.daemons.consumer import Consumer
 from timerctl.model import BackendUnavailable, Status, Timer, utc
@@ -67,21 +72,6 @@ def produce_raw(bootstrap: str, topic: str, records: Sequence[tuple[bytes, bytes
         producer.flush(timeout=10)
     finally:
         producer.close(timeout=5)
-
-
-def committed_offsets(bootstrap: str, topic: str, group: str) -> dict[int, int | None]:
-    """``group``'s committed offset in each partition (None where it never committed)."""
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
-    try:
-        return {p: consumer.committed(TopicPartition(topic, p)) for p in range(TOPIC_PARTITIONS)}
-    finally:
-        consumer.close(autocommit=False)
-
-
-def wait_fully_committed(bootstrap: str, topic: str, group: str, total: int) -> None:
-    """Wait until ``group`` committed the end of every partition of ``topic`` (``total`` records)."""
-    ends = {p: end or None for p, end in end_offsets(read_topic(bootstrap, topic, total)).items()}
-    wait_for(lambda: committed_offsets(bootstrap, topic, group) == ends, 15, f"commits up to {ends}")
 
 
 def count_rows(db: Path) -> int:
@@ -181,12 +171,184 @@ def test_create_then_cancel_is_stored_cancelled(settings: Settings, store: Sqlit
 
 def test_tombstone_first_then_create_stays_cancelled(settings: Settings, store: SqliteStore, group: str) -> None:
     [timer] = batch(1, prefix="tomb")
-    store.cancel(timer.timer_id, fallback=timer)  # cancelled while its create was still in the queue
+    store.cancel(timer.timer_id, NOW, fallback=timer)  # cancelled while its create was still in the queue
     submit(settings.kafka_bootstrap, settings.topic, [timer])
     with consumer_thread(settings, store, group):
         wait_fully_committed(settings.kafka_bootstrap, settings.topic, group, 1)
     stored = store.get(timer.timer_id)
     assert stored is not None and stored.status is Status.CANCELLED
+
+
+# --- change records: taken only over an earlier revision of a timer a person could still change -----------
+
+#: A timer as created, and as a person updated it (revision 1).
+CREATED = make_timer("t", NOW + timedelta(hours=1), url="https://hooks.example.com/a", created_at=NOW, payload={"v": 0})
+UPDATED = changes.update(
+    CREATED, Update(expiry_time=NOW + timedelta(hours=2), webhook_url="https://hooks.example.com/b", payload={"v": 1})
+)
+#: When the timers below were attempted, and when the consumer's clock cancels.
+TRIED_AT = NOW + timedelta(hours=1)
+CANCELLED_AT = NOW + timedelta(minutes=30)
+
+
+def retrying(timer: Timer) -> Timer:
+    """``timer`` after two failed attempts, waiting for the third."""
+    return replace(
+        timer,
+        status=Status.RETRYING,
+        attempts=2,
+        fired_at=TRIED_AT,
+        last_error="HTTP 503",
+        due_at=TRIED_AT + timedelta(seconds=3),
+        delivery_count=2,
+    )
+
+
+def failed(timer: Timer) -> Timer:
+    """``timer`` after its last attempt failed."""
+    return replace(retrying(timer), status=Status.FAILED, attempts=8, delivery_count=8, ended_at=TRIED_AT)
+
+
+def adopted_by_the_store(store: SqliteStore, stored: Timer, record: Timer) -> Timer | None:
+    """What ``store`` holds after ``stored`` was stored and then ``record`` taken over it through ``adopt``."""
+    store.insert(stored)
+    store.modify(stored.timer_id, adopt(record))
+    return store.get(stored.timer_id)
+
+
+def test_a_later_revision_replaces_a_scheduled_timer_and_drops_the_runners_lease(store: SqliteStore) -> None:
+    leased = replace(CREATED, lease_owner="runner-1", lease_until=NOW + timedelta(seconds=30))
+    assert adopted_by_the_store(store, leased, UPDATED) == UPDATED
+
+
+def test_a_later_revision_of_a_retrying_timer_keeps_the_stores_history(store: SqliteStore) -> None:
+    stored = retrying(CREATED)
+    fired = changes.fire_now(stored, NOW)
+    record = replace(fired, last_error="HTTP 502 elsewhere", delivery_count=5)  # history is the store's own
+    assert adopted_by_the_store(store, stored, record) == fired
+
+
+def test_a_retry_record_schedules_a_failed_timer_again(store: SqliteStore) -> None:
+    stored = failed(CREATED)
+    retried = changes.retry(stored, TRIED_AT + timedelta(hours=1))
+    got = adopted_by_the_store(store, stored, retried)
+    assert got == retried
+    assert got is not None and (got.status, got.attempts, got.ended_at, got.last_error) == (
+        Status.SCHEDULED,
+        0,
+        None,
+        "HTTP 503",
+    )
+
+
+@pytest.mark.parametrize(
+    "stored",
+    [
+        pytest.param(replace(CREATED, revision=2, webhook_url="https://hooks.example.com/later"), id="later-revision"),
+        pytest.param(replace(CREATED, revision=1, webhook_url="https://hooks.example.com/same"), id="same-revision"),
+        pytest.param(replace(CREATED, status=Status.RUNNING, lease_owner="r", lease_until=TRIED_AT), id="running"),
+        pytest.param(replace(CREATED, status=Status.FINISHED, fired_at=TRIED_AT, ended_at=TRIED_AT), id="finished"),
+        pytest.param(replace(CREATED, status=Status.CANCELLED, ended_at=NOW), id="cancelled"),
+    ],
+)
+def test_a_record_no_later_than_the_stored_timer_or_of_one_past_changing_changes_nothing(
+    store: SqliteStore, stored: Timer
+) -> None:
+    assert UPDATED.revision == 1
+    assert adopted_by_the_store(store, stored, UPDATED) == stored
+
+
+def test_change_records_are_stored_over_earlier_revisions_only_and_a_replay_changes_nothing(
+    settings: Settings, store: SqliteStore, group: str
+) -> None:
+    def made(timer_id: str) -> Timer:
+        return replace(CREATED, timer_id=timer_id)
+
+    def updated(timer_id: str) -> Timer:
+        return replace(UPDATED, timer_id=timer_id)
+
+    store.insert_many(
+        [
+            made("newer"),  # its create consumed before: the update is taken
+            replace(made("older"), revision=2, payload={"v": 2}),  # changed twice since: the update is old news
+            replace(made("running"), status=Status.RUNNING, lease_owner="r", lease_until=TRIED_AT),  # POST started
+            made("doomed"),  # updated, then cancelled
+        ]
+    )
+    fired = changes.fire_now(made("absent"), NOW)
+    queue = KafkaQueue(settings.kafka_bootstrap, settings.topic)
+    try:
+        for timer_id in ("newer", "older", "running", "doomed"):
+            queue.submit_change("update", updated(timer_id))
+        queue.submit_change("fire", fired)
+        queue.submit([made("absent")])  # a create submitted again after the change: first write wins
+        queue.submit_cancel("doomed")
+    finally:
+        queue.close()
+
+    # A record per poll: the fire of "absent" is stored before its create is read.
+    with consumer_thread(settings, store, group, max_records=1, clock=lambda: CANCELLED_AT):
+        wait_fully_committed(settings.kafka_bootstrap, settings.topic, group, 7)
+    assert store.get("newer") == updated("newer")
+    assert store.get("older") == replace(made("older"), revision=2, payload={"v": 2})
+    assert store.get("running") == replace(
+        made("running"), status=Status.RUNNING, lease_owner="r", lease_until=TRIED_AT
+    )
+    assert store.get("absent") == fired
+    assert store.get("doomed") == replace(updated("doomed"), status=Status.CANCELLED, revision=2, ended_at=CANCELLED_AT)
+    assert is_empty(settings.kafka_bootstrap, dlq_topic(settings.topic))
+
+    stored = store.find(limit=100)
+    replay = f"{group}-replay"
+    with consumer_thread(settings, store, replay, clock=lambda: CANCELLED_AT + timedelta(hours=1)):
+        wait_fully_committed(settings.kafka_bootstrap, settings.topic, replay, 7)
+    assert store.find(limit=100) == stored
+
+
+def test_a_log_consumed_into_an_empty_store_leaves_each_timer_as_last_changed(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """The same end whether each record is a batch of its own (record order) or batches group them by kind."""
+    created = [replace(CREATED, timer_id=name) for name in ("moved", "fired", "doomed", "retried")]
+    moved, fired, doomed, retried = created
+    moved_1 = changes.update(moved, Update(webhook_url="https://hooks.example.com/moved"))
+    moved_2 = changes.fire_now(moved_1, NOW)
+    fired_1 = changes.fire_now(fired, NOW)
+    doomed_1 = changes.update(doomed, Update(payload={"v": "doomed"}))
+    retried_1 = changes.retry(failed(retried), TRIED_AT + timedelta(hours=1))  # failed in the store that published it
+    queue = KafkaQueue(settings.kafka_bootstrap, settings.topic)
+    try:
+        queue.submit(created)
+        queue.submit_change("update", moved_1)
+        queue.submit_change("fire", fired_1)
+        queue.submit_change("update", doomed_1)
+        queue.submit_change("retry", retried_1)
+        queue.submit_change("fire", moved_2)
+        queue.submit_cancel("doomed")
+    finally:
+        queue.close()
+    expected = {
+        "moved": moved_2,
+        "fired": fired_1,
+        "doomed": replace(doomed_1, status=Status.CANCELLED, revision=2, ended_at=CANCELLED_AT),
+        # The attempts were made elsewhere: this store has no history of them.
+        "retried": replace(retried_1, last_error=None, delivery_count=0),
+    }
+
+    one_by_one, batched = SqliteStore(str(tmp_path / "one.db")), SqliteStore(str(tmp_path / "batched.db"))
+    groups = [f"g-{uuid.uuid4().hex[:8]}" for _ in range(2)]
+    try:
+        with (
+            consumer_thread(settings, one_by_one, groups[0], max_records=1, clock=lambda: CANCELLED_AT),
+            consumer_thread(settings, batched, groups[1], clock=lambda: CANCELLED_AT),
+        ):
+            for group in groups:
+                wait_fully_committed(settings.kafka_bootstrap, settings.topic, group, 10)
+        for store in (one_by_one, batched):
+            assert {t.timer_id: t for t in store.find(limit=100)} == expected
+    finally:
+        one_by_one.close()
+        batched.close()
 
 
 class FlakyStore:

@@ -10,16 +10,22 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
+from dataclasses import replace
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
-from tests.factories import timerctl
+from tests.factories import now, timerctl
 from tests.fixtures_daemons import Daemons
 from tests.fixtures_http import Receiver, wait_until
-from tests.fixtures_kafka import TansuBroker
+from tests.fixtures_kafka import TansuBroker, is_empty, wait_fully_committed
 from tests.polling import free_port
-from timerctl.model import Status
+from timerctl.changes import Update
+from timerctl.config import load_settings
+from timerctl.model import Status, utc
+from timerctl.queue.kafka import dlq_topic
+from timerctl.service import TimerService
 from timerctl.stores.sqlite import SqliteStore
 
 
@@ -61,6 +67,41 @@ def test_status_changes_by_runners_are_visible_through_the_cache(
         return json.loads(got.stdout)["timerStatus"] == "Finished"
 
     wait_until(finished, timeout=15, interval=0.2, message="get to show Finished")
+
+
+def test_changes_made_while_the_create_is_queued_are_what_the_consumer_leaves_stored(
+    env: dict[str, str], daemons: Daemons, store: SqliteStore
+) -> None:
+    """Created, then updated, fired now and cancelled before any consumer ran: the queued copy is in Redis only."""
+    ids = {}
+    for name in ("moved", "fired", "cancelled"):
+        created = timerctl(
+            env, "create", "--url", f"http://127.0.0.1:9/{name}", "--in", "1h", "--payload", "0", "--json"
+        )
+        assert created.returncode == 0, created.stderr
+        ids[name] = json.loads(created.stdout)["timerId"]
+    # TimerService rather than `timerctl update/fire`, which are being added to the CLI alongside.
+    settings = load_settings(env=env)
+    with TimerService(settings) as service:
+        later = utc(now() + timedelta(hours=2))
+        moved = service.update(
+            ids["moved"], Update(expiry_time=later, webhook_url="http://127.0.0.1:9/moved-2", payload=1)
+        )
+        fired = service.fire(ids["fired"])
+    cancelled = timerctl(env, "cancel", ids["cancelled"], "--json")
+    assert cancelled.returncode == 0, cancelled.stderr
+
+    daemons.start("serve", "consumer")
+    wait_fully_committed(settings.kafka_bootstrap, settings.topic, settings.consumer_group, 6, timeout=30)
+    assert store.get(ids["moved"]) == moved
+    assert (moved.revision, moved.expiry_time, moved.payload) == (1, later, 1)
+    assert store.get(ids["fired"]) == replace(fired, due_at=utc(fired.due_at))  # stores keep milliseconds
+    assert fired.revision == 1 and fired.due_at < fired.expiry_time
+    gone = store.get(ids["cancelled"])
+    assert gone is not None and (gone.status, gone.revision) == (Status.CANCELLED, 1)
+    assert is_empty(settings.kafka_bootstrap, dlq_topic(settings.topic)), "a record was dead-lettered"
+    got = json.loads(timerctl(env, "get", ids["moved"], "--json").stdout)
+    assert (got["webhookUrl"], got["payload"], got["timerStatus"]) == ("http://127.0.0.1:9/moved-2", 1, "Scheduled")
 
 
 def test_create_exits_3_fast_when_kafka_is_down(env: dict[str, str], private_kafka_broker: TansuBroker) -> None:

@@ -1,7 +1,9 @@
-"""The pure core (``model.py``): validation, the status state machine, the JSON forms and retries.
+"""The pure core (``model.py``): validation, the status state machine, the JSON forms, attempts and
+outcomes, retries, and the delays and instants a change may ask for.
 
 Every instant is fixed (``NOW``); nothing here reads the clock, the machine's zone or randomness.
-``TimerSpec`` (what a create asks for) is tested with the building of specs, in ``test_spec.py``.
+``TimerSpec`` (what a create asks for) is tested with the building of specs, in ``test_spec.py``; the rules
+of what a person may do to a timer later (cancel, update, fire now, retry) in ``test_changes.py``.
 """
 
 from __future__ import annotations
@@ -24,16 +26,21 @@ from tests.factories import (
     url_of_length,
 )
 from timerctl.model import (
+    DEFAULT_HORIZON,
     MAX_PAYLOAD_BYTES,
     MAX_URL_LENGTH,
+    PENDING_STATUSES,
     Conflict,
+    Delivery,
     InvalidInput,
     NotFound,
+    Outcome,
     RetryPolicy,
     Status,
     Timer,
     can_transition,
-    cancel,
+    check_delay,
+    check_instant,
     encode_payload,
     format_instant,
     parse_instant,
@@ -55,9 +62,29 @@ make = partial(make_timer, "t-1", NOW + timedelta(minutes=1), url=URL, created_a
 
 # --- the state machine ---------------------------------------------------------------------------------
 
-S, R, F, X, C = Status.SCHEDULED, Status.RUNNING, Status.FINISHED, Status.FAILED, Status.CANCELLED
+S, R, Y, F, X, C = (
+    Status.SCHEDULED,
+    Status.RUNNING,
+    Status.RETRYING,
+    Status.FINISHED,
+    Status.FAILED,
+    Status.CANCELLED,
+)
 # Written out independently of model.TRANSITIONS, so a change there must be a deliberate change here.
-ALLOWED = {(S, R), (S, C), (R, R), (R, S), (R, F), (R, X)}
+ALLOWED = {
+    (S, S),  # update, fire now
+    (S, R),  # the POST starts
+    (S, C),
+    (Y, Y),  # update, fire now between attempts
+    (Y, R),
+    (Y, C),
+    (R, R),  # taken over from a runner that died mid-POST
+    (R, S),  # a start handed back before the first attempt
+    (R, Y),  # a failed attempt, or a start handed back after one
+    (R, F),
+    (R, X),
+    (X, S),  # retried by hand
+}
 ALL_PAIRS = [(src, dst) for src in Status for dst in Status]
 
 
@@ -77,12 +104,17 @@ def test_transition_table(src: Status, dst: Status, allowed: bool) -> None:
 
 
 @pytest.mark.parametrize(
-    ("status", "final"),
-    [pytest.param(s, s in {F, X, C}, id=s.value) for s in Status],
+    ("status", "final", "pending"),
+    [pytest.param(s, s in {F, X, C}, s in {S, Y}, id=s.value) for s in Status],
 )
-def test_final_statuses_have_no_way_out(status: Status, final: bool) -> None:
-    assert status.is_final is final
-    assert any(can_transition(status, dst) for dst in Status) is not final
+def test_final_and_pending_statuses(status: Status, final: bool, pending: bool) -> None:
+    assert (status.is_final, status.is_pending) == (final, pending)
+    assert (status in PENDING_STATUSES) is pending
+    way_out = {dst for dst in Status if can_transition(status, dst)}
+    if final:
+        assert way_out == ({S} if status is X else set()), "only a Failed timer moves on: retried by hand"
+    else:
+        assert R in way_out, "every timer not ended may still be POSTed"
 
 
 @pytest.mark.parametrize(
@@ -90,6 +122,7 @@ def test_final_statuses_have_no_way_out(status: Status, final: bool) -> None:
     [
         pytest.param("Scheduled", S, id="exact"),
         pytest.param("running", R, id="lower"),
+        pytest.param("RETRYING", Y, id="retrying"),
         pytest.param("FINISHED", F, id="upper"),
         pytest.param(" failed ", X, id="padded"),
         pytest.param("cancelled", C, id="cancelled"),
@@ -101,23 +134,10 @@ def test_parse_status_accepts(text: str, status: Status) -> None:
 
 @pytest.mark.parametrize("text", [pytest.param(t, id=t or "empty") for t in ["done", "", "Cancel", "Schedule d"]])
 def test_parse_status_rejects_naming_accepted_values(text: str) -> None:
-    with pytest.raises(InvalidInput, match="expected one of Scheduled, Running, Finished, Failed, Cancelled"):
+    with pytest.raises(
+        InvalidInput, match=r"expected one of Scheduled, Running, Retrying, Finished, Failed, Cancelled$"
+    ):
         parse_status(text)
-
-
-def test_cancel_scheduled_clears_the_lease() -> None:
-    timer = make(status=S, lease_owner="runner-a", lease_until=NOW)
-    done = cancel(timer)
-    assert (done.status, done.lease_owner, done.lease_until) == (C, None, None)
-    assert timer.status is S  # frozen: the original is untouched
-
-
-@pytest.mark.parametrize("status", [pytest.param(s, id=s.value) for s in Status if s is not S])
-def test_cancel_conflict_names_the_status(status: Status) -> None:
-    with pytest.raises(Conflict) as info:
-        cancel(make(status=status))
-    assert str(info.value) == f"timer t-1 is {status.value}; only a Scheduled timer can be cancelled"
-    assert info.value.exit_code == 4
 
 
 @pytest.mark.parametrize(
@@ -369,58 +389,102 @@ def test_payload_text_over_1MiB_is_refused_before_parsing(monkeypatch: pytest.Mo
 
 # --- the JSON forms --------------------------------------------------------------------------------------
 
+#: Every key of the public JSON form: the old service's fields, then those of a timer's whole life.
+JSON_KEYS = PUBLIC_KEYS | {"nextAttemptAt", "endedAt", "deliveryCount", "onFailureUrl"}
+#: The record (queue, cache) form: the public fields without the derived timeLeft, plus dueAt and revision.
+RECORD_KEYS = (JSON_KEYS - {"timeLeft"}) | {"dueAt", "revision"}
+
 
 def test_to_json_exact_keys_and_formats() -> None:
     timer = make(
-        status=F,
+        status=X,
         payload={"n": 1},
         attempts=2,
         fired_at=NOW + timedelta(minutes=1, milliseconds=7),
         last_error="HTTP 500",
         expiry_time=NOW + timedelta(minutes=1, microseconds=999),
+        ended_at=NOW + timedelta(minutes=2, milliseconds=1),
+        delivery_count=9,
+        on_failure_url="https://ops.example.com/failed",
+        revision=4,
     )
     data = timer.to_json(NOW)
-    assert set(data) == PUBLIC_KEYS
     assert data == {
         "timerId": "t-1",
         "webhookUrl": URL,
         "expiryTime": "2030-01-01T12:01:00.000Z",
         "createdAt": "2030-01-01T11:00:00.000Z",
-        "timerStatus": "Finished",
-        "timeLeft": 60,
+        "timerStatus": "Failed",
+        "timeLeft": 0,
         "payload": {"n": 1},
         "attempts": 2,
         "firedAt": "2030-01-01T12:01:00.007Z",
         "lastError": "HTTP 500",
+        "nextAttemptAt": None,
+        "endedAt": "2030-01-01T12:02:00.001Z",
+        "deliveryCount": 9,
+        "onFailureUrl": "https://ops.example.com/failed",
     }
-    assert all(INSTANT_RE.fullmatch(data[k]) for k in ("expiryTime", "createdAt", "firedAt"))
+    assert list(data)[: len(PUBLIC_KEYS)] == [
+        "timerId", "webhookUrl", "expiryTime", "createdAt", "timerStatus", "timeLeft", "payload", "attempts",
+        "firedAt", "lastError",
+    ], "the old service's fields first, in its order"  # fmt: skip
+    assert all(INSTANT_RE.fullmatch(data[k]) for k in ("expiryTime", "createdAt", "firedAt", "endedAt"))
     assert json.loads(json.dumps(data)) == data
+    assert "revision" not in data, "an internal counter: on the record form only"
 
 
 def test_to_json_nulls_for_a_new_timer() -> None:
     data = make().to_json(NOW)
+    assert set(data) == JSON_KEYS
     assert (data["firedAt"], data["lastError"], data["payload"], data["attempts"]) == (None, None, None, 0)
+    assert (data["endedAt"], data["deliveryCount"], data["onFailureUrl"]) == (None, 0, None)
     assert data["timerStatus"] == "Scheduled"
+    assert data["nextAttemptAt"] == "2030-01-01T12:01:00.000Z"
 
 
 @pytest.mark.parametrize(
-    ("before_expiry", "left"),
+    ("status", "next_attempt"),
+    [
+        pytest.param(S, "2030-01-01T12:00:30.000Z", id="scheduled"),
+        pytest.param(Y, "2030-01-01T12:00:30.000Z", id="retrying"),
+        pytest.param(R, None, id="running"),
+        pytest.param(F, None, id="finished"),
+        pytest.param(C, None, id="cancelled"),
+    ],
+)
+def test_next_attempt_at_is_the_due_time_of_a_pending_timer_only(status: Status, next_attempt: str | None) -> None:
+    timer = make(status=status, attempts=1, due_at=NOW + timedelta(seconds=30))
+    assert timer.to_json(NOW)["nextAttemptAt"] == next_attempt
+
+
+@pytest.mark.parametrize(
+    ("before_due", "left"),
     [
         pytest.param(timedelta(seconds=90), 90, id="whole"),
-        pytest.param(timedelta(seconds=90, milliseconds=999), 90, id="floored-not-rounded"),
+        pytest.param(timedelta(seconds=89, milliseconds=1), 90, id="rounded-up"),
         pytest.param(timedelta(seconds=1), 1, id="one"),
-        pytest.param(timedelta(milliseconds=999), 0, id="under-a-second"),
-        pytest.param(timedelta(0), 0, id="at-expiry"),
+        pytest.param(timedelta(milliseconds=999), 1, id="under-a-second-is-not-0"),
+        pytest.param(timedelta(milliseconds=1), 1, id="a-millisecond-before"),
+        pytest.param(timedelta(0), 0, id="due"),
         pytest.param(-timedelta(milliseconds=1), 0, id="just-past"),
         pytest.param(-timedelta(days=3), 0, id="long-past"),
         pytest.param(timedelta(days=365), 365 * 86400, id="a-year"),
     ],
 )
-def test_time_left(before_expiry: timedelta, left: int) -> None:
-    timer = make()
-    now = timer.expiry_time - before_expiry
+@pytest.mark.parametrize("status", [S, Y])
+def test_time_left_rounds_up_to_0_only_when_due(before_due: timedelta, left: int, status: Status) -> None:
+    # Counted to the next attempt (due_at), not the expiry: a retry's wait is what is left.
+    timer = make(status=status, due_at=NOW + timedelta(minutes=5))
+    now = timer.due_at - before_due
     assert timer.time_left(now) == left
     assert timer.to_json(now)["timeLeft"] == left
+
+
+@pytest.mark.parametrize("status", [R, F, X, C])
+def test_time_left_of_a_timer_not_waiting_is_0(status: Status) -> None:
+    timer = make(status=status)
+    assert timer.time_left(timer.expiry_time - timedelta(hours=1)) == 0
 
 
 @pytest.mark.parametrize(
@@ -435,15 +499,21 @@ def test_time_left(before_expiry: timedelta, left: int) -> None:
                 fired_at=NOW,
                 last_error="timeout",
                 due_at=NOW + timedelta(seconds=30),
+                ended_at=NOW + timedelta(seconds=31),
+                delivery_count=12,
+                revision=3,
+                on_failure_url="https://ops.example.com/failed?x=1",
             ),
             id="failed-with-everything",
         ),
-        pytest.param(make(status=S, attempts=1, due_at=NOW + timedelta(seconds=2)), id="retry-due-later"),
+        pytest.param(make(status=Y, attempts=1, due_at=NOW + timedelta(seconds=2)), id="retry-due-later"),
+        pytest.param(make(status=C, revision=2, ended_at=NOW), id="cancelled-after-changes"),
     ],
 )
 def test_record_round_trip(timer: Timer) -> None:
     record = timer.to_record()
-    assert set(record) == (PUBLIC_KEYS - {"timeLeft"}) | {"dueAt"}
+    assert set(record) == RECORD_KEYS
+    assert record["revision"] == timer.revision
     assert Timer.from_record(json.loads(json.dumps(record))) == timer
 
 
@@ -457,6 +527,14 @@ def test_from_record_accepts_public_json_and_defaults() -> None:
         "createdAt": "2030-01-01T11:00Z",
     }
     assert Timer.from_record(minimal) == make()
+
+
+def test_from_record_reads_a_record_written_before_revisions_and_deliveries() -> None:
+    """A record queued by an older timerctl has none of a timer's later-life fields: they read as new."""
+    record = make(status=S, attempts=1, due_at=NOW + timedelta(seconds=5)).to_record()
+    for key in ("revision", "endedAt", "deliveryCount", "onFailureUrl", "nextAttemptAt"):
+        del record[key]
+    assert Timer.from_record(record) == make(status=S, attempts=1, due_at=NOW + timedelta(seconds=5))
 
 
 GOOD_RECORD = make().to_record()
@@ -498,6 +576,11 @@ def bad(**changes: Any) -> dict[str, Any]:
         pytest.param(bad(dueAt="2030-01-01"), "no offset", id="naive-due"),
         pytest.param(bad(payload=float("inf")), "not JSON-serialisable", id="infinite-payload"),
         pytest.param(bad(payload="a" * MAX_PAYLOAD_BYTES), "at most 65536", id="payload-too-big"),
+        pytest.param(bad(revision=-1), "revision must be a non-negative integer", id="negative-revision"),
+        pytest.param(bad(revision=2**63), "revision must be a non-negative integer up to", id="huge-revision"),
+        pytest.param(bad(deliveryCount="3"), "deliveryCount must be a non-negative integer", id="string-count"),
+        pytest.param(bad(endedAt="yesterday"), "invalid instant", id="bad-ended"),
+        pytest.param(bad(onFailureUrl="ftp://ops/x"), "http:// or https://", id="bad-failure-url"),
     ],
 )
 def test_from_record_rejects(data: Any, fragment: str) -> None:
@@ -521,3 +604,88 @@ def test_url_errors_never_echo_the_query_string_or_fragment(url: str) -> None:
         validate_url(url)
     assert "SECRET" not in str(info.value)
     assert "hooks.example" in str(info.value) or "no host" in str(info.value)
+
+
+# --- attempts and outcomes ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "delivery",
+    [
+        pytest.param(Delivery(1, NOW, 12, 200, None, '{"ok":true}'), id="delivered"),
+        pytest.param(Delivery(2, NOW + MS, 5000, 503, "HTTP 503", "busy ✓"), id="refused"),
+        pytest.param(Delivery(8, NOW + timedelta(seconds=3), 10_000, None, "timed out after 10s"), id="no-answer"),
+    ],
+)
+def test_delivery_json_round_trip(delivery: Delivery) -> None:
+    data = delivery.to_json()
+    assert set(data) == {"attempt", "at", "durationMs", "statusCode", "error", "response"}
+    assert INSTANT_RE.fullmatch(data["at"])
+    assert Delivery.from_json(json.loads(json.dumps(data))) == delivery
+
+
+def test_delivery_json_form() -> None:
+    assert Delivery(3, NOW + 7 * MS, 42, 500, "HTTP 500", "oops").to_json() == {
+        "attempt": 3,
+        "at": "2030-01-01T12:00:00.007Z",
+        "durationMs": 42,
+        "statusCode": 500,
+        "error": "HTTP 500",
+        "response": "oops",
+    }
+
+
+def test_outcome_apply_is_what_a_store_records() -> None:
+    started = make(status=R, lease_owner="r1", lease_until=NOW + timedelta(seconds=30), delivery_count=4)
+    retry = Outcome("t-1", Y, 2, last_error="HTTP 502", due_at=NOW + timedelta(seconds=9), delivery=Delivery(2, NOW, 3))
+    assert retry.apply(started) == make(
+        status=Y, attempts=2, last_error="HTTP 502", due_at=NOW + timedelta(seconds=9), delivery_count=5
+    )
+    keep_due = Outcome("t-1", Y, 2, last_error="HTTP 502")
+    assert keep_due.apply(started).due_at == started.due_at, "a retry without a due time keeps the one it had"
+    assert keep_due.apply(started).delivery_count == 4, "no attempt recorded, none counted"
+    done = Outcome("t-1", F, 1, fired_at=NOW, ended_at=NOW + MS, delivery=Delivery(1, NOW, 1, 200))
+    assert done.apply(started) == make(status=F, attempts=1, fired_at=NOW, ended_at=NOW + MS, delivery_count=5)
+    with pytest.raises(ValueError, match="Scheduled -> Finished is not allowed"):
+        done.apply(make())
+
+
+# --- delays and instants a change may ask for -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("delay", [timedelta(0), timedelta(seconds=1), timedelta(days=365)])
+def test_check_delay_accepts(delay: timedelta) -> None:
+    assert check_delay(delay) == delay
+
+
+@pytest.mark.parametrize(
+    ("delay", "horizon", "fragment"),
+    [
+        pytest.param(-MS, DEFAULT_HORIZON, "is negative; expected 0s or more", id="negative"),
+        pytest.param(timedelta(days=365, milliseconds=1), DEFAULT_HORIZON, "beyond the horizon", id="past-horizon"),
+        pytest.param(timedelta(hours=2), timedelta(hours=1), "beyond the horizon of 1:00:00", id="own-horizon"),
+    ],
+)
+def test_check_delay_rejects(delay: timedelta, horizon: timedelta, fragment: str) -> None:
+    with pytest.raises(InvalidInput, match=re.escape(fragment)):
+        check_delay(delay, horizon)
+
+
+def test_check_instant_accepts_now_and_later_in_utc() -> None:
+    ist = timezone(timedelta(hours=5, minutes=30))
+    assert check_instant(NOW, NOW) == NOW
+    at = check_instant(datetime(2030, 1, 1, 17, 31, 0, 500_999, tzinfo=ist), NOW)
+    assert at == NOW + timedelta(minutes=1, milliseconds=500) and at.tzinfo is UTC
+    assert check_instant(NOW + DEFAULT_HORIZON, NOW) == NOW + DEFAULT_HORIZON
+
+
+@pytest.mark.parametrize(
+    ("at", "fragment"),
+    [
+        pytest.param(NOW - MS, "instant 2030-01-01T11:59:59.999Z is in the past; expected now or later", id="past"),
+        pytest.param(NOW + DEFAULT_HORIZON + MS, "is beyond the horizon of 365 days", id="past-horizon"),
+    ],
+)
+def test_check_instant_rejects(at: datetime, fragment: str) -> None:
+    with pytest.raises(InvalidInput, match=re.escape(fragment)):
+        check_instant(at, NOW)

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from tests.factories import FAST, all_in, make_timer, now, settings_for, statuses
-from tests.fixtures_daemons import running
+from tests.fixtures_daemons import all_held, running
 from tests.fixtures_http import Receiver, wait_until
 from timerctl import __version__
 from timerctl.clock import ManualClock
@@ -272,7 +272,7 @@ def test_stop_releases_unstarted_claims_and_waits_for_inflight(
     store.insert(make_timer("t-inflight", now(), url=receiver.url("/slow")))
     store.insert(make_timer("t-ahead", now() + timedelta(seconds=20), url=receiver.url("/ahead")))
     with running(settings_for(tmp_path, FAST, lookahead=30), CountingDeliverer) as runner:
-        wait_until(lambda: all_in(store, ["t-inflight", "t-ahead"], Status.RUNNING), timeout=5)
+        wait_until(lambda: all_held(store, ["t-inflight", "t-ahead"]), timeout=5)
         wait_until(lambda: started(runner) == ["t-inflight"], timeout=5, message="the delivery to start")
         assert receiver.requests == []
 

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from tests.factories import FAST, all_in, make_timer, now, process_env, statuses, timerctl
-from tests.fixtures_daemons import RunnerProcess
+from tests.fixtures_daemons import RunnerProcess, all_held
 from tests.fixtures_http import Receiver, roomy, wait_until
 from tests.fixtures_stores import corrupt
 from timerctl import __version__
@@ -163,7 +163,7 @@ def test_with_default_settings_a_killed_runners_claims_fire_within_10s_of_their_
     store.insert_many(timers)
     first = spawn(env)
     # Claimed within the default 2 s lookahead, before any is due.
-    wait_until(lambda: all_in(store, ids, Status.RUNNING), timeout=10, message="the first runner's claims")
+    wait_until(lambda: all_held(store, ids), timeout=10, message="the first runner's claims")
     first.proc.kill()
     first.proc.wait(timeout=5)
     assert receiver.requests == [] and now() < due, "killed before anything was due"
@@ -193,7 +193,7 @@ def test_a_signal_finishes_inflight_releases_the_rest_and_exits_0(
     ahead = [make_timer(f"a-{i}", due + timedelta(seconds=20), url=receiver.url("/ahead")) for i in range(3)]
     store.insert_many(inflight + ahead)
     ids = [t.timer_id for t in inflight + ahead]
-    wait_until(lambda: all_in(store, ids, Status.RUNNING), timeout=5, message="all six claimed")
+    wait_until(lambda: all_held(store, ids), timeout=5, message="all six claimed")
     # The POSTs start at the expiry and the receiver holds them 1.5 s; signal in the middle of that.
     wait_until(lambda: now() >= due + timedelta(seconds=0.5), timeout=5, message="the expiry to pass")
 

@@ -183,7 +183,7 @@ def test_a_host_that_keeps_timing_out_gets_one_slot_and_its_timers_still_time_ou
     accepted = list(silent.accepted)
 
     for timer in timers:
-        assert timer.status is Status.SCHEDULED and timer.last_error == "timeout" and timer.attempts == 1, timer
+        assert timer.status is Status.RETRYING and timer.last_error == "timeout" and timer.attempts == 1, timer
         assert timer.due_at > now() + timedelta(seconds=20), "retried per policy, after its backoff"
     # Four at once (the initial window); after they timed out the window is 1: one at a time, each
     # started as soon as the one before gave its slot back.

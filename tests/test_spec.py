@@ -1,5 +1,6 @@
 """Specs, what a create asks for: built from CLI options or a JSON object (``spec.py``), checked and resolved
-into a timer (``model.TimerSpec``), and held to one payload rule whichever way they come in.
+into a timer (``model.TimerSpec``), and held to one payload rule whichever way they come in; updates and
+retries, read by the same code against a given now; a timer's detailed JSON with its deliveries.
 
 One place decides which combinations are legal, so the CLI, the bulk import and the HTTP API reject the same
 inputs with the same messages. The payload rule on every path: the compact JSON encoding may be 64 KiB;
@@ -24,10 +25,19 @@ from fastapi.testclient import TestClient
 from tests.factories import MAX_PAYLOAD_TEXT_BYTES, make_timer, settings_for
 from tests.fixtures_cli import Cli
 from timerctl.api import create_app
-from timerctl.model import DEFAULT_HORIZON, MAX_PAYLOAD_BYTES, InvalidInput, Status, TimerSpec
+from timerctl.changes import Update
+from timerctl.model import DEFAULT_HORIZON, MAX_PAYLOAD_BYTES, Delivery, InvalidInput, Status, TimerSpec
 from timerctl.queue.kafka import decode
 from timerctl.service import TimerService
-from timerctl.spec import build_spec, spec_from_mapping
+from timerctl.spec import (
+    build_spec,
+    build_update,
+    detail_json,
+    retry_from_mapping,
+    retry_instant,
+    spec_from_mapping,
+    update_from_mapping,
+)
 
 NOW = datetime(2030, 1, 1, 12, 0, 0, tzinfo=UTC)
 MS = timedelta(milliseconds=1)
@@ -225,6 +235,153 @@ def test_spec_from_mapping(data: dict[str, Any], expected: TimerSpec) -> None:
 def test_spec_from_mapping_rejects(data: Any, fragment: str) -> None:
     with pytest.raises(InvalidInput, match=fragment):
         spec_from_mapping(data, PARIS)
+
+
+def test_spec_from_mapping_takes_a_failure_callback() -> None:
+    spec = spec_from_mapping({"url": URL, "in": "1s", "onFailureUrl": URL + "/failed"}, PARIS)
+    assert spec == TimerSpec(URL, delay=timedelta(seconds=1), on_failure_url=URL + "/failed")
+    assert build_spec(URL, PARIS, delay="1s", on_failure_url=URL + "/failed") == spec
+
+
+# --- updates and retries: the same time forms, resolved against a given now -----------------------------
+
+HOUR = timedelta(hours=1)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "expected"),
+    [
+        pytest.param({"delay": "90s"}, Update(expiry_time=NOW + timedelta(seconds=90)), id="in"),
+        pytest.param({"delay": "0s"}, Update(expiry_time=NOW), id="in-0s"),
+        pytest.param({"at": "2030-01-01T14:00:00"}, Update(expiry_time=NOW + HOUR), id="at-paris"),
+        pytest.param({"hours": 1, "seconds": 5}, Update(expiry_time=NOW + timedelta(hours=1, seconds=5)), id="hms"),
+        pytest.param({"url": URL + "/2"}, Update(webhook_url=URL + "/2"), id="url"),
+        pytest.param({"payload": None}, Update(payload=None), id="payload-none"),
+        pytest.param({"payload": {"a": 1}}, Update(payload={"a": 1}), id="payload"),
+        pytest.param({"on_failure_url": None}, Update(on_failure_url=None), id="callback-removed"),
+        pytest.param({}, Update(), id="nothing"),
+    ],
+)
+def test_build_update(kwargs: dict[str, Any], expected: Update) -> None:
+    assert build_update(PARIS, NOW + timedelta(microseconds=400), **kwargs) == expected
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "fragment"),
+    [
+        pytest.param({"delay": "1s", "at": "2030-01-01T14:00:00Z"}, "give at most one of --in", id="in-and-at"),
+        pytest.param({"delay": "1s", "minutes": 1}, "give at most one of --in", id="in-and-hms"),
+        pytest.param({"delay": "-1s"}, "negative", id="negative"),
+        pytest.param({"delay": "11m"}, "beyond the horizon of 0:10:00", id="beyond-horizon"),
+        pytest.param({"at": "2030-01-01T11:59:59Z"}, "is in the past", id="at-in-past"),
+        pytest.param({"at": "2030-01-01T12:10:00.001Z"}, "beyond the horizon", id="at-beyond-horizon"),
+        pytest.param({"seconds": 60}, "seconds must be 0-59", id="seconds-60"),
+        pytest.param({"minutes": 1.5}, "minutes must be an integer", id="float-minutes"),
+        pytest.param({"url": "ftp://example.com"}, "http:// or https://", id="bad-url"),
+        pytest.param({"on_failure_url": "/relative"}, "http:// or https://", id="bad-callback"),
+        pytest.param({"payload": "a" * MAX_PAYLOAD_BYTES}, "at most 65536", id="payload-too-big"),
+    ],
+)
+def test_build_update_rejects(kwargs: dict[str, Any], fragment: str) -> None:
+    with pytest.raises(InvalidInput, match=fragment):
+        build_update(PARIS, NOW, SMALL_HORIZON, **kwargs)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        pytest.param({"delay": "soon"}, id="garbage-in"),
+        pytest.param({"delay": "5m1h"}, id="misordered"),
+        pytest.param({"at": "tomorrow"}, id="garbage-at"),
+        pytest.param({"at": "2000-01-01T00:00:00Z"}, id="past"),
+        pytest.param({"minutes": 60}, id="minutes-60"),
+        pytest.param({"hours": -1}, id="negative-hours"),
+    ],
+)
+def test_an_update_and_a_create_refuse_a_time_with_the_same_message(kwargs: dict[str, Any]) -> None:
+    with pytest.raises(InvalidInput) as as_update:
+        build_update(PARIS, NOW, **kwargs)
+    with pytest.raises(InvalidInput) as as_create:
+        build_spec(URL, PARIS, **kwargs).validate(NOW)
+    assert str(as_update.value) == str(as_create.value)
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        pytest.param({"in": "90s"}, Update(expiry_time=NOW + timedelta(seconds=90)), id="in"),
+        pytest.param({"expiryTime": "2030-01-01T13:00:00Z"}, Update(expiry_time=NOW + HOUR), id="expiry-time"),
+        pytest.param({"hours": 0, "minutes": 1}, Update(expiry_time=NOW + timedelta(minutes=1)), id="hms"),
+        pytest.param({"webhookUrl": URL + "/2"}, Update(webhook_url=URL + "/2"), id="webhook-url"),
+        pytest.param({"payload": None}, Update(payload=None), id="payload-null"),
+        pytest.param({"onFailureUrl": None}, Update(on_failure_url=None), id="callback-null"),
+        pytest.param({"onFailureUrl": URL}, Update(on_failure_url=URL), id="callback"),
+        pytest.param({"timerId": "job", "url": URL}, Update(webhook_url=URL), id="same-id"),
+    ],
+)
+def test_update_from_mapping(data: dict[str, Any], expected: Update) -> None:
+    assert update_from_mapping(data, PARIS, NOW, timer_id="job") == expected
+
+
+@pytest.mark.parametrize(
+    ("data", "fragment"),
+    [
+        pytest.param([1], "an update must be a JSON object, got list", id="not-an-object"),
+        pytest.param({}, "nothing to change; give any of at, expiryTime, hours", id="empty"),
+        pytest.param({"in": None}, "nothing to change", id="only-a-null-time"),
+        pytest.param({"payload": {1, 2}}, "payload is not JSON-serialisable", id="not-json"),
+        pytest.param({"url": None}, "the webhook URL cannot be removed", id="url-null"),
+        pytest.param({"id": "other", "in": "1s"}, "the timer updated is 'job'; ids cannot change", id="other-id"),
+        pytest.param({"colour": "red"}, "unknown field 'colour'", id="unknown-field"),
+        pytest.param({"at": "x", "expiryTime": "y"}, "give either 'at' or 'expiryTime', not both", id="at-twice"),
+        pytest.param({"in": 5}, "field 'in' must be a string, got int", id="in-int"),
+        pytest.param({"onFailureUrl": 5}, "field 'onFailureUrl' must be a string, got int", id="callback-int"),
+    ],
+)
+def test_update_from_mapping_rejects(data: Any, fragment: str) -> None:
+    with pytest.raises(InvalidInput, match=fragment):
+        update_from_mapping(data, PARIS, NOW, timer_id="job")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "expected"),
+    [
+        pytest.param({}, None, id="now"),
+        pytest.param({"delay": "0s"}, None, id="in-0s"),
+        pytest.param({"delay": "10m"}, NOW + timedelta(minutes=10), id="in"),
+        pytest.param({"at": "2030-01-01T13:30:00"}, NOW + timedelta(minutes=30), id="at-paris"),
+    ],
+)
+def test_retry_instant(kwargs: dict[str, Any], expected: datetime | None) -> None:
+    assert retry_instant(PARIS, NOW, **kwargs) == expected
+    data = {"in": kwargs["delay"]} if "delay" in kwargs else {"at": kwargs["at"]} if "at" in kwargs else {}
+    assert retry_from_mapping(data, PARIS, NOW) == expected
+
+
+@pytest.mark.parametrize(
+    ("data", "fragment"),
+    [
+        pytest.param({"in": "1s", "at": "2030-01-01T14:00:00Z"}, "give at most one of --in", id="both"),
+        pytest.param({"in": "11m"}, "beyond the horizon", id="beyond-horizon"),
+        pytest.param({"at": "2030-01-01T11:00:00Z"}, "is in the past", id="past"),
+        pytest.param({"in": "-1s"}, "negative", id="negative"),
+        pytest.param({"hours": 1}, "unknown field 'hours'; accepted: at, in", id="unknown-field"),
+        pytest.param({"at": 5}, "field 'at' must be a string, got int", id="at-int"),
+        pytest.param("soon", "a retry must be a JSON object, got str", id="not-an-object"),
+    ],
+)
+def test_retry_from_mapping_rejects(data: Any, fragment: str) -> None:
+    with pytest.raises(InvalidInput, match=fragment):
+        retry_from_mapping(data, PARIS, NOW, SMALL_HORIZON)
+    assert retry_from_mapping(None, PARIS, NOW) is None
+
+
+def test_detail_json_counts_the_attempts_no_longer_kept() -> None:
+    timer = make_timer("job", NOW, now=NOW - HOUR, status=Status.FAILED, attempts=25, delivery_count=25)
+    kept = [Delivery(n, NOW, 10, 500, "HTTP 500") for n in range(6, 26)]
+    detail = detail_json(timer, kept, NOW)
+    assert detail == {**timer.to_json(NOW), "deliveries": [d.to_json() for d in kept], "deliveriesOmitted": 5}
+    assert detail_json(timer.move(Status.SCHEDULED, delivery_count=0), [], NOW)["deliveriesOmitted"] == 0
 
 
 # --- the payload rule on every path -------------------------------------------------------------------

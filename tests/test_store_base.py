@@ -1,5 +1,5 @@
-"""The logic written once in ``stores/base.py``, on every backend: ``cancel``, and ``modify`` (read, apply a rule
-of the model, compare-and-set) under the races it is written for.
+"""The logic written once in ``stores/base.py``, on every backend: ``cancel`` (of claimed timers too), and
+``modify`` (read, apply a rule of the model, compare-and-set) under the races it is written for.
 
 ``store`` is every backend, as in the contract suite (``tests/fixtures_stores.py``). All instants are fixed.
 """
@@ -17,10 +17,10 @@ from tests.fixtures_stores import (
     every_backend,  # noqa: F401 (the fixture `store` here: every backend)
     make,
 )
-from timerctl import model
+from timerctl import changes
 from timerctl.model import Conflict, NotFound, Status, Timer
 from timerctl.stores import base
-from timerctl.stores.base import Store
+from timerctl.stores.base import Store, StoreBase
 
 # --- cancel ----------------------------------------------------------------------------------------
 
@@ -28,25 +28,33 @@ from timerctl.stores.base import Store
 def test_cancel_scheduled_timer(store: Store) -> None:
     # Lease fields left on a Scheduled timer (a runner that wrote its hand-back partly) are cleared.
     store.insert(make("a", lease_owner="ghost", lease_until=T0))
-    done = store.cancel("a")
-    assert done.status is Status.CANCELLED
-    assert done.timer_id == "a"
+    done = store.cancel("a", T0 - SEC)
+    assert (done.status, done.timer_id, done.ended_at, done.revision) == (Status.CANCELLED, "a", T0 - SEC, 1)
     got = store.get("a")
-    assert got is not None
-    assert got.status is Status.CANCELLED
+    assert got == done
     assert got.lease_owner is None and got.lease_until is None
     assert store.claim_due("r1", T0, T0 + timedelta(days=1), T0 + timedelta(days=2), 10) == []
 
 
+@pytest.mark.parametrize("leased", [False, True], ids=["free", "claimed"])
+def test_cancel_retrying_timer_claimed_or_not(store: Store, leased: bool) -> None:
+    store.insert(make("a", status=Status.RETRYING, attempts=3, last_error="HTTP 503", due_at=T0 + SEC))
+    if leased:
+        assert [t.timer_id for t in store.claim_due("r1", T0, T0 + SEC, T0 + 30 * SEC, 10)] == ["a"]
+    done = store.cancel("a", T0)
+    assert (done.status, done.attempts, done.last_error, done.lease_owner) == (Status.CANCELLED, 3, "HTTP 503", None)
+    assert store.get("a") == done
+
+
 def test_cancel_missing_raises_not_found(store: Store) -> None:
     with pytest.raises(NotFound, match="nope"):
-        store.cancel("nope")
+        store.cancel("nope", T0)
     assert store.get("nope") is None
 
 
 def test_cancel_missing_with_fallback_stores_a_tombstone(store: Store) -> None:
     queued = make("q1", payload={"from": "queue"})
-    done = store.cancel("q1", fallback=queued)
+    done = store.cancel("q1", T0, fallback=queued)
     assert done.status is Status.CANCELLED
     assert done.payload == {"from": "queue"}
     assert store.get("q1") == done
@@ -57,15 +65,22 @@ def test_cancel_missing_with_fallback_stores_a_tombstone(store: Store) -> None:
     assert store.claim_due("r1", T0, T0 + timedelta(days=1), T0 + timedelta(days=2), 10) == []
 
 
-@pytest.mark.parametrize("status", [Status.RUNNING, Status.FINISHED, Status.FAILED, Status.CANCELLED])
-def test_cancel_of_a_timer_past_scheduled_conflicts_naming_its_status(store: Store, status: Status) -> None:
+@pytest.mark.parametrize(
+    ("status", "why"),
+    [
+        (Status.RUNNING, "its POST has already started"),
+        (Status.FINISHED, "it is Finished"),
+        (Status.FAILED, "it is Failed"),
+        (Status.CANCELLED, "it is Cancelled"),
+    ],
+)
+def test_cancel_of_a_timer_past_its_start_conflicts_saying_why(store: Store, status: Status, why: str) -> None:
     store.insert(make("a", status=status))
     with pytest.raises(Conflict) as info:
-        store.cancel("a")
-    assert status.value in str(info.value)
-    assert "a" in str(info.value)
-    with pytest.raises(Conflict, match=status.value):
-        store.cancel("a", fallback=make("a"))
+        store.cancel("a", T0)
+    assert str(info.value) == f"timer a cannot be cancelled: {why}; only a Scheduled or Retrying timer can"
+    with pytest.raises(Conflict, match=why):
+        store.cancel("a", T0, fallback=make("a"))
     got = store.get("a")
     assert got is not None and got.status is status
 
@@ -117,18 +132,34 @@ def test_modify_retries_a_lost_race_from_what_the_winner_left(store: Store) -> N
     assert got is not None and got.attempts == 2
 
 
-def test_a_cancel_that_loses_the_race_to_a_claim_conflicts_and_leaves_the_claim(store: Store) -> None:
+def test_a_cancel_that_races_a_claim_wins_and_the_claim_is_never_started(store: Store) -> None:
     store.insert(make("a"))
     claims: list[list[Timer]] = []
 
     def cancel_while_a_runner_claims(timer: Timer) -> Timer:
         if not claims:
             claims.append(store.claim_due("r1", T0, T0, T0 + 30 * SEC, 10))
-        return model.cancel(timer)
+        return changes.cancel(timer, T0)
 
-    with pytest.raises(Conflict, match="timer a is Running"):
-        store.modify("a", cancel_while_a_runner_claims)
+    done = store.modify("a", cancel_while_a_runner_claims)
+    assert (done.status, done.lease_owner) == (Status.CANCELLED, None), "applied again over the claim"
+    assert store.start("r1", claims[0]) == []
+    assert store.get("a") == done
+
+
+def test_a_cancel_that_loses_the_race_to_a_start_conflicts_and_leaves_the_post(store: Store) -> None:
+    store.insert(make("a"))
+    started: list[list[str]] = []
+
+    def cancel_while_a_runner_starts(timer: Timer) -> Timer:
+        if not started:
+            started.append(store.start("r1", store.claim_due("r1", T0, T0, T0 + 30 * SEC, 10)))
+        return changes.cancel(timer, T0)
+
+    with pytest.raises(Conflict, match="timer a cannot be cancelled: its POST has already started"):
+        store.modify("a", cancel_while_a_runner_starts)
     got = store.get("a")
+    assert started == [["a"]]
     assert got is not None and (got.status, got.lease_owner) == (Status.RUNNING, "r1")
 
 
@@ -154,10 +185,10 @@ def test_a_tombstone_that_loses_the_race_to_its_create_cancels_the_create(store:
     def cancel_while_the_consumer_stores_it(timer: Timer) -> Timer:
         if store.get("q") is None:
             store.insert(consumed)  # between the read that found nothing and the tombstone's insert
-        return model.cancel(timer)
+        return changes.cancel(timer, T0)
 
     done = store.modify("q", cancel_while_the_consumer_stores_it, fallback=queued)
-    assert done == model.cancel(consumed)
+    assert done == changes.cancel(consumed, T0)
     assert store.get("q") == done
 
 
@@ -175,3 +206,27 @@ def test_modify_gives_up_on_a_timer_that_never_stops_changing(store: Store, monk
         store.modify("a", always_beaten)
     got = store.get("a")
     assert len(tries) == 3 and got is not None and got.attempts == 3, "only the other writer's changes landed"
+
+
+# --- insert -------------------------------------------------------------------------------------------
+
+
+def test_an_insert_that_races_the_purge_of_its_id_stores_the_new_timer(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The id was taken by an ended timer when inserted, and free when read back: it is inserted again."""
+    assert isinstance(store, StoreBase)
+    store.insert(make("a", T0 - timedelta(days=9), status=Status.FINISHED, ended_at=T0 - timedelta(days=9)))
+    insert_new = store._insert_new
+    purges: list[int] = []
+
+    def purged_meanwhile(timer: Timer) -> bool:
+        new = insert_new(timer)
+        if not new:
+            purges.append(store.purge([Status.FINISHED], T0, 10))
+        return new
+
+    monkeypatch.setattr(store, "_insert_new", purged_meanwhile)
+    fresh = make("a")
+    assert store.insert(fresh) == (fresh, True)
+    assert purges == [1] and store.get("a") == fresh

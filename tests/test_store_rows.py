@@ -25,7 +25,7 @@ from tests.fixtures_stores import (
     plant,
     raw,
 )
-from timerctl import model
+from timerctl import changes
 from timerctl.model import Conflict, Status, Timer
 from timerctl.stores.base import Store
 from timerctl.stores.rows import CORRUPT, decode_row
@@ -35,13 +35,17 @@ CORRUPTIONS = [
     pytest.param({"payload": "{not json"}, "payload is not valid JSON (Expecting property name", id="payload"),
     pytest.param(
         {"status": "Bogus"},
-        "status 'Bogus' is not one of Scheduled, Running, Finished, Failed, Cancelled",
+        "status 'Bogus' is not one of Scheduled, Running, Retrying, Finished, Failed, Cancelled",
         id="status",
     ),
     pytest.param({"expiryTime": "soon"}, "expiryTime 'soon' is not an instant", id="instant-text"),
     pytest.param({"expiryTime": 2**62}, f"expiryTime {2**62} is not an instant", id="instant-out-of-range"),
-    pytest.param({"attempts": "many"}, "attempts 'many' is not a count of attempts", id="attempts"),
+    pytest.param({"attempts": "many"}, "attempts 'many' is not a non-negative count", id="attempts"),
     pytest.param({"webhookUrl": b"\xff"}, "webhookUrl b'\\xff' is not text", id="url-bytes"),
+    pytest.param({"revision": "two"}, "revision 'two' is not a non-negative count", id="revision"),
+    pytest.param({"deliveryCount": -1}, "deliveryCount -1 is not a non-negative count", id="delivery-count"),
+    pytest.param({"endedAt": "yesterday"}, "endedAt 'yesterday' is not an instant", id="ended"),
+    pytest.param({"onFailureUrl": b"\xfe"}, "onFailureUrl b'\\xfe' is not text", id="failure-url"),
 ]
 
 
@@ -59,14 +63,14 @@ def test_a_corrupt_row_reads_as_failed_naming_the_corruption(store: Store, raw: 
     assert listed["bad"] == got and listed["good"] == make("good", T0 + SEC)
     assert sum(store.counts().values()) == 2
     with pytest.raises(Conflict, match="Failed"):
-        store.cancel("bad")
+        store.cancel("bad", T0)
 
 
 def test_a_cancel_rewrites_only_the_fields_it_changes(store: Store) -> None:
     """Another tool's payload text (valid JSON, spaced) is still what it wrote after a cancel."""
     store.insert(make("a", payload={"k": 1}))
     plant(store, "a", payload='{ "k" : 1 }')
-    assert store.cancel("a") == model.cancel(make("a", payload={"k": 1}))
+    assert store.cancel("a", T0) == changes.cancel(make("a", payload={"k": 1}), T0)
     assert raw(store, "a", "payload") == '{ "k" : 1 }'
     assert raw(store, "a", "status") == "Cancelled"
 
@@ -95,6 +99,7 @@ def test_claim_due_fails_a_corrupt_row_for_good_and_claims_the_rest(
     got = store.get("bad")
     assert got is not None and got.status is Status.FAILED and got.last_error is not None
     assert why in got.last_error
+    assert got.ended_at == T0, "it ended when the claim failed it: retention deletes it in time"
     # Written back, not only read so: the stored status is Failed, and no later claim sees the row.
     assert store.counts()[Status.FAILED] == 1
     assert store.claim_due("r2", T0 + SEC, T0 + timedelta(days=1), T0 + timedelta(days=2), 10) == []
@@ -111,19 +116,38 @@ def test_claim_due_fails_a_corrupt_row_whose_lease_expired(store: Store) -> None
 
 # --- the decoder itself ----------------------------------------------------------------------------------
 
-GOOD_ROW = ("t", "https://h.example/x", to_ms(T0), to_ms(T0), "Running", '{"a":1}', 2, None, "e", to_ms(T0), "r", None)
+#: A stored row in ``Timer``'s field order (``rows.decode_row``'s): all 16 fields, each decodable.
+GOOD_ROW = (
+    "t",
+    "https://h.example/x",
+    to_ms(T0),
+    to_ms(T0),
+    "Running",
+    '{"a":1}',
+    2,
+    None,
+    "e",
+    to_ms(T0),
+    "r",
+    None,
+    3,
+    to_ms(T0),
+    5,
+    "https://ops.example/f",
+)
+FIELDS = len(GOOD_ROW)
 junk = st.one_of(
     st.none(),
     st.integers(min_value=-(2**70), max_value=2**70),
     st.floats(allow_nan=True),
     st.text(max_size=12),
     st.binary(max_size=4),
-    st.sampled_from(["Scheduled", "Running", "{", "[1]", "null"]),
+    st.sampled_from(["Scheduled", "Running", "Retrying", "{", "[1]", "null"]),
 )
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.lists(st.tuples(st.integers(0, 11), junk), max_size=4))
+@given(st.lists(st.tuples(st.integers(0, FIELDS - 1), junk), max_size=4))
 def test_decode_row_never_raises_and_says_why_whenever_it_fails_a_row(changes: list[tuple[int, object]]) -> None:
     row = list(GOOD_ROW)
     for index, value in changes:
@@ -131,7 +155,7 @@ def test_decode_row_never_raises_and_says_why_whenever_it_fails_a_row(changes: l
     timer, corruption = decode_row(row, _stored_instant)
     if corruption is None:  # then every value was taken as stored (a payload "null" is no payload)
         stored = _row(timer)
-        assert [stored[i] for i in range(12) if i != 5] == [row[i] for i in range(12) if i != 5]
+        assert [stored[i] for i in range(FIELDS) if i != 5] == [row[i] for i in range(FIELDS) if i != 5]
     else:
         assert timer.status is Status.FAILED and timer.last_error == CORRUPT + corruption
         assert "\n" not in corruption and len(timer.last_error) <= 600
@@ -141,4 +165,43 @@ def test_decode_row_never_raises_and_says_why_whenever_it_fails_a_row(changes: l
 def test_decode_row_of_a_good_row_is_its_timer() -> None:
     timer, corruption = decode_row(GOOD_ROW, _stored_instant)
     assert corruption is None
-    assert timer == Timer("t", "https://h.example/x", T0, T0, Status.RUNNING, {"a": 1}, 2, None, "e", T0, "r", None)
+    assert timer == Timer(
+        "t",
+        "https://h.example/x",
+        T0,
+        T0,
+        Status.RUNNING,
+        {"a": 1},
+        2,
+        None,
+        "e",
+        T0,
+        "r",
+        None,
+        3,
+        T0,
+        5,
+        "https://ops.example/f",
+    )
+
+
+@pytest.mark.parametrize(
+    ("index", "value", "why"),
+    [
+        pytest.param(12, -1, "revision -1 is not a non-negative count", id="revision"),
+        pytest.param(13, "soon", "endedAt 'soon' is not an instant (not integer milliseconds)", id="ended"),
+        pytest.param(14, 2**64, f"deliveryCount {2**64} is not a non-negative count", id="delivery-count"),
+        pytest.param(15, b"x", "onFailureUrl b'x' is not text", id="failure-url"),
+    ],
+)
+def test_decode_row_names_a_bad_field_of_a_timer_s_later_life(index: int, value: object, why: str) -> None:
+    row = list(GOOD_ROW)
+    row[index] = value
+    timer, corruption = decode_row(row, _stored_instant)
+    assert corruption == why
+    assert (timer.status, timer.last_error, timer.timer_id) == (Status.FAILED, CORRUPT + why, "t")
+    # What could be decoded is kept (the count of attempts, the end), what could not is a placeholder.
+    assert timer.delivery_count == (0 if index == 14 else 5)
+    assert timer.revision == (0 if index == 12 else 3)
+    assert timer.ended_at == (None if index == 13 else T0)
+    assert timer.on_failure_url is None, "a corrupt timer never calls for help: it did not fail delivering"

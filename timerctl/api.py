@@ -1,4 +1,5 @@
-"""The HTTP API: the old service's routes over TimerService, plus cancel, idempotent ids and health.
+"""The HTTP API: the old service's routes over TimerService, plus cancel, update, fire now, retry, a timer's
+deliveries, idempotent ids and health.
 
 Handlers are thin: parse, call the service, map domain errors to statuses. Bodies are validated by
 ``timerctl.spec`` (the same rules and messages as the CLI), not by pydantic; the models below only
@@ -18,7 +19,7 @@ import threading
 from collections.abc import AsyncIterator, Mapping
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -35,7 +36,7 @@ from timerctl.model import BackendUnavailable, Conflict, InvalidInput, NotFound,
 from timerctl.model import validate_timer_id as _valid_id
 from timerctl.redaction import one_line
 from timerctl.service import TimerService, health_report
-from timerctl.spec import spec_from_mapping
+from timerctl.spec import detail_json, retry_from_mapping, spec_from_mapping, update_from_mapping
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,7 @@ STATUS_OF: dict[type[TimerError], int] = {InvalidInput: 400, NotFound: 404, Conf
 #: here can be parsed by common receivers, and no later encoder runs out of stack on it.
 MAX_JSON_DEPTH = 128
 MISSING_BODY = 'missing request body; expected a JSON object such as {"webhookUrl": ..., "seconds": 30}'
+MISSING_CHANGE = 'missing request body; expected a JSON object of what to change, such as {"in": "10m"}'
 TOO_DEEP = f"request body nests arrays and objects too deeply; at most {MAX_JSON_DEPTH} levels are accepted"
 
 
@@ -59,18 +61,77 @@ class TimerRequest(BaseModel):
     expiryTime: str | None = Field(None, description="ISO-8601 instant (alias: at); naive means server-local.")
     payload: Any = Field(None, description="Any JSON value up to 64 KiB, sent in the webhook body.")
     timerId: str | None = Field(None, description="Your id (alias: id); makes the create idempotent.")
+    onFailureUrl: str | None = Field(None, description="URL told once, by a signed POST, if the timer ends Failed.")
+
+
+class UpdateRequest(BaseModel):
+    """What to change of a Scheduled or Retrying timer: any of a create's fields; a field left out is kept."""
+
+    model_config = ConfigDict(extra="forbid")
+    webhookUrl: str | None = Field(None, description="A new absolute http(s) URL (alias: url).")
+    hours: int | None = Field(None, ge=0, description="A new delay from now, old-service form: hours >= 0.")
+    minutes: int | None = Field(None, ge=0, le=59, description="Old-service form: 0-59.")
+    seconds: int | None = Field(None, ge=0, le=59, description="Old-service form: 0-59.")
+    in_: str | None = Field(None, alias="in", description="A new delay from now, such as 90s or 15m.")
+    expiryTime: str | None = Field(None, description="A new ISO-8601 instant (alias: at).")
+    payload: Any = Field(None, description="A new JSON body; null for none.")
+    onFailureUrl: str | None = Field(None, description="A new failure callback URL; null removes it.")
+    timerId: str | None = Field(None, description="The timer's id (alias: id), if repeated: it cannot change.")
+
+
+class RetryRequest(BaseModel):
+    """When the retried timer is due: now when the body is empty."""
+
+    model_config = ConfigDict(extra="forbid")
+    in_: str | None = Field(None, alias="in", description="Due after this delay, such as 10m.")
+    at: str | None = Field(None, description="Due at this ISO-8601 instant.")
 
 
 class TimerOut(BaseModel):
     timerId: str
-    timeLeft: int = Field(description="Whole seconds until expiry, never negative.")
-    timerStatus: str
+    timeLeft: int = Field(description="Whole seconds until the next attempt is due, rounded up; 0 once due or done.")
+    timerStatus: str = Field(description="Scheduled, Running, Retrying, Finished, Failed or Cancelled.")
 
 
 class TimerResponse(BaseModel):
     code: int
     message: str
     timer: TimerOut
+
+
+class DeliveryOut(BaseModel):
+    """One attempt: when it started, how long it took, and what came back."""
+
+    attempt: int
+    at: str = Field(description="When the attempt started (UTC, milliseconds).")
+    durationMs: int
+    statusCode: int | None = Field(description="The receiver's HTTP status; null when none came back.")
+    error: str | None = Field(description="Why the attempt failed, on one line, secrets stripped; null on a 2xx.")
+    response: str | None = Field(description="The first few hundred characters of the response body.")
+
+
+class TimerDetail(TimerOut):
+    """Every field of the timer (as ``timerctl get ID --json``), with its deliveries."""
+
+    webhookUrl: str
+    expiryTime: str
+    createdAt: str
+    payload: Any
+    attempts: int = Field(description="Attempts since it was created or last retried by hand.")
+    firedAt: str | None
+    lastError: str | None
+    nextAttemptAt: str | None = Field(description="When the next attempt is due, while Scheduled or Retrying.")
+    endedAt: str | None = Field(description="When it became Finished, Failed or Cancelled.")
+    deliveryCount: int = Field(description="Every attempt ever made.")
+    onFailureUrl: str | None
+    deliveries: list[DeliveryOut] = Field(description="The most recent attempts (at most 20), oldest first.")
+    deliveriesOmitted: int = Field(description="Older attempts made but no longer kept: deliveryCount - kept.")
+
+
+class TimerDetailResponse(BaseModel):
+    code: int
+    message: str
+    timer: TimerDetail
 
 
 class ErrorResponse(BaseModel):
@@ -83,7 +144,15 @@ def _errors(**described: str) -> dict[int | str, dict[str, Any]]:
     return {code[1:]: {"model": ErrorResponse, "description": text} for code, text in described.items()}
 
 
-CREATE_BODY = {"content": {"application/json": {"schema": TimerRequest.model_json_schema(by_alias=True)}}}
+def _body(model: type[BaseModel], required: bool = True) -> dict[str, Any]:
+    """An OpenAPI request body documenting ``model`` (the handler reads and checks the raw body itself)."""
+    schema = model.model_json_schema(by_alias=True)
+    return {"required": required, "content": {"application/json": {"schema": schema}}}
+
+
+CREATE_BODY = _body(TimerRequest)
+#: A change the timer's state refuses: the documented 409 of update, fire and retry.
+WRONG_STATE = "The timer's state refuses it (its POST already started, or it ended)"
 
 
 def _reply(code: int, message: str, **extra: Any) -> JSONResponse:
@@ -185,8 +254,11 @@ def create_timer(backends: Backends, body: RawBody) -> JSONResponse:
     return _timer_reply(201, "Timer Created!", done.timer, service)
 
 
-def _json_body(body: bytes) -> Any:
-    """The body as JSON whatever its content type (``curl -d`` sends form-encoded); InvalidInput if it is not."""
+def _json_body(body: bytes, optional: bool = False, missing: str = MISSING_BODY) -> Any:
+    """The body as JSON whatever its content type (``curl -d`` sends form-encoded); InvalidInput if it is not.
+
+    An ``optional`` body may be empty (or ``null``): None. Otherwise that is InvalidInput(``missing``).
+    """
     try:
         data = json.loads(body) if body.strip() else None
     except RecursionError:  # Python's parser gives up near 1,000 levels
@@ -194,7 +266,9 @@ def _json_body(body: bytes) -> Any:
     except ValueError as exc:  # UnicodeDecodeError too
         raise InvalidInput(f"request body is not valid JSON: {exc}") from None
     if data is None:
-        raise InvalidInput(MISSING_BODY)
+        if optional:
+            return None
+        raise InvalidInput(missing)
     if _depth(data) > MAX_JSON_DEPTH:
         raise InvalidInput(TOO_DEEP)
     return data
@@ -213,22 +287,92 @@ def _depth(value: Any) -> int:
     return deepest
 
 
-@router.get("/v1/timer/{timerId:path}", response_model=TimerResponse, responses=_errors(e404="No such timer"))
-def get_timer(timerId: str, backends: Backends) -> JSONResponse:
-    """The timer's status and whole seconds left; 404 when there is no such timer."""
+@router.post(
+    "/v1/timer/{timerId:path}/fire",
+    response_model=TimerResponse,
+    responses=_errors(e404="No such timer", e409=WRONG_STATE),
+)
+def fire_timer(timerId: str, backends: Backends) -> JSONResponse:
+    """Make a Scheduled or Retrying timer due now; 409 once its POST started or it ended."""
+    service = backends.ready("cache", "store", "queue")
+    reply = _timer_reply(200, "Timer Due Now!", service.fire(_valid_id(timerId)), service)
+    metrics.CHANGED.labels(op="fire").inc()
+    return reply
+
+
+@router.post(
+    "/v1/timer/{timerId:path}/retry",
+    response_model=TimerResponse,
+    responses=_errors(e404="No such timer", e409="The timer is not Failed"),
+    openapi_extra={"requestBody": _body(RetryRequest, required=False)},
+)
+def retry_timer(timerId: str, backends: Backends, body: RawBody) -> JSONResponse:
+    """Schedule a Failed timer again with a fresh attempt budget, due now or at ``in``/``at``; 409 unless Failed."""
+    timer_id = _valid_id(timerId)
+    service = backends.ready("cache", "store", "queue")
+    at = retry_from_mapping(
+        _json_body(body, optional=True), get_localzone(), service.clock(), service.settings.max_horizon
+    )
+    reply = _timer_reply(200, "Timer Retried!", service.retry(timer_id, at), service)
+    metrics.CHANGED.labels(op="retry").inc()
+    return reply
+
+
+@router.get(
+    "/v1/timer/{timerId:path}",
+    response_model=TimerResponse | TimerDetailResponse,
+    responses=_errors(e404="No such timer"),
+)
+def get_timer(
+    timerId: str,
+    backends: Backends,
+    deliveries: Annotated[
+        bool, Query(description="Answer every field of the timer, with its most recent attempts.")
+    ] = False,
+) -> JSONResponse:
+    """The timer's status and whole seconds left (with ``?deliveries=true``: every field and its attempts)."""
     service = backends.ready("cache", "store")
-    return _timer_reply(200, "Timer Found!", service.get(_valid_id(timerId)), service)
+    timer = service.get(_valid_id(timerId))
+    if not deliveries:
+        return _timer_reply(200, "Timer Found!", timer, service)
+    detail = detail_json(timer, service.deliveries(timer.timer_id), service.clock())
+    return _reply(200, "Timer Found!", timer=detail)
+
+
+@router.patch(
+    "/v1/timer/{timerId:path}",
+    response_model=TimerResponse,
+    responses=_errors(e404="No such timer", e409=WRONG_STATE),
+    openapi_extra={"requestBody": _body(UpdateRequest)},
+)
+def update_timer(timerId: str, backends: Backends, body: RawBody) -> JSONResponse:
+    """Change a Scheduled or Retrying timer in place (any of a create's fields); 409 once its POST started or it
+    ended."""
+    timer_id = _valid_id(timerId)
+    service = backends.ready("cache", "store", "queue")
+    change = update_from_mapping(
+        _json_body(body, missing=MISSING_CHANGE),
+        get_localzone(),
+        service.clock(),
+        service.settings.max_horizon,
+        timer_id=timer_id,
+    )
+    reply = _timer_reply(200, "Timer Updated!", service.update(timer_id, change), service)
+    metrics.CHANGED.labels(op="update").inc()
+    return reply
 
 
 @router.delete(
     "/v1/timer/{timerId:path}",
     response_model=TimerResponse,
-    responses=_errors(e404="No such timer", e409="The timer is not Scheduled"),
+    responses=_errors(e404="No such timer", e409=WRONG_STATE),
 )
 def cancel_timer(timerId: str, backends: Backends) -> JSONResponse:
-    """Cancel a Scheduled timer so it never fires; 409 when it already ran, is running or was cancelled."""
+    """Cancel a Scheduled or Retrying timer so it never fires; 409 once its POST started or it ended."""
     service = backends.ready("cache", "store", "queue")
-    return _timer_reply(200, "Timer Cancelled!", service.cancel(_valid_id(timerId)), service)
+    reply = _timer_reply(200, "Timer Cancelled!", service.cancel(_valid_id(timerId)), service)
+    metrics.CHANGED.labels(op="cancel").inc()
+    return reply
 
 
 def health(backends: Backends) -> JSONResponse:

@@ -220,6 +220,12 @@ class Settings:
         15.0, "How long a stopping runner waits for in-flight deliveries", low=0.0, high=_H
     )
     claim_batch: int = _integer(500, "Timers claimed per store round trip", low=1, high=100_000)
+    retention: timedelta = _duration(
+        7 * _D, "How long Finished and Cancelled timers are kept after they ended", low=0.0, high=3650 * _D
+    )
+    failed_retention: timedelta = _duration(
+        30 * _D, "How long Failed timers are kept after they ended", low=0.0, high=3650 * _D
+    )
     cache_grace: timedelta = _duration(
         _H, "How long a timer stays in the Redis cache after its expiry", low=0.0, high=365 * _D
     )

@@ -23,7 +23,16 @@ from urllib.parse import urlsplit, urlunsplit
 import aiohttp
 
 from timerctl import __version__
-from timerctl.model import InvalidInput, Outcome, RetryPolicy, Status, Timer, format_instant
+from timerctl.model import (
+    RESPONSE_KEPT,
+    Delivery,
+    InvalidInput,
+    Outcome,
+    RetryPolicy,
+    Status,
+    Timer,
+    format_instant,
+)
 from timerctl.redaction import one_line, scrub
 from timerctl.slots import HostSlots
 from timerctl.targets import RefusedTarget, TargetChecker
@@ -125,15 +134,58 @@ def decide(
 ) -> Outcome:
     """The outcome to record after attempt number ``attempt`` of ``timer`` produced ``result``.
 
-    A delivered timer records ``fired_at`` (when the POST was sent), else ``now``.
+    A delivered timer records ``fired_at`` (when the POST was sent), else ``now``. Every outcome carries
+    the attempt as a ``Delivery`` for the timer's history.
     """
+    started = fired_at or now
+    delivery = Delivery(
+        attempt,
+        started,
+        round(result.duration * 1000),
+        result.status_code,
+        None if result.ok else result.error or f"HTTP {result.status_code}",
+        response_text(result.body_prefix, timer.webhook_url) if result.body_prefix else None,
+    )
+    count = timer.delivery_count + 1
     if result.ok:
-        return Outcome(timer.timer_id, Status.FINISHED, attempt, fired_at=fired_at or now)
-    error = result.error or f"HTTP {result.status_code}"
+        return Outcome(
+            timer.timer_id,
+            Status.FINISHED,
+            attempt,
+            fired_at=started,
+            ended_at=now,
+            delivery=delivery,
+            delivery_count=count,
+        )
+    error = delivery.error
     delay = policy.next_delay(attempt, rand) if result.retryable else None
     if delay is None:
-        return Outcome(timer.timer_id, Status.FAILED, attempt, last_error=error)
-    return Outcome(timer.timer_id, Status.SCHEDULED, attempt, last_error=error, due_at=now + delay)
+        return Outcome(
+            timer.timer_id,
+            Status.FAILED,
+            attempt,
+            last_error=error,
+            ended_at=now,
+            delivery=delivery,
+            on_failure_url=timer.on_failure_url,
+            delivery_count=count,
+        )
+    return Outcome(
+        timer.timer_id,
+        Status.RETRYING,
+        attempt,
+        last_error=error,
+        due_at=now + delay,
+        delivery=delivery,
+        delivery_count=count,
+    )
+
+
+def response_text(prefix: bytes, url: str) -> str:
+    """The start of a response body as kept in the history: text, at most ``RESPONSE_KEPT`` characters,
+    with the webhook URL's secrets and any URL's credentials removed (a receiver may echo the request)."""
+    text = prefix[: RESPONSE_KEPT * 4].decode("utf-8", errors="replace")[:RESPONSE_KEPT]
+    return _hide(scrub(text), url)
 
 
 class Route(NamedTuple):

@@ -9,11 +9,16 @@ from __future__ import annotations
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 CREATED = Counter("timerctl_timers_created", "Timers created through this process's HTTP API.")
+CHANGED = Counter("timerctl_timers_changed", "Changes made through this process's HTTP API, by op.", ["op"])
 PERSISTED = Counter("timerctl_timers_persisted", "Timers newly written to the store by the consumer.")
 FIRED = Counter("timerctl_timers_fired", "Delivery attempts made, by result.", ["result"])
 FINISHED = Counter("timerctl_timers_finished", "Timers delivered (2xx).")
 FAILED = Counter("timerctl_timers_failed", "Timers that gave up after the last attempt or a refused target.")
 RETRIED = Counter("timerctl_timers_retried", "Failed attempts scheduled for a retry.")
+REFUSED_STARTS = Counter(
+    "timerctl_starts_refused", "Held timers not started because they were cancelled, changed or taken over."
+)
+PURGED = Counter("timerctl_timers_purged", "Ended timers deleted by retention.")
 DLQ = Counter("timerctl_dlq_records", "Malformed Kafka records sent to the dead-letter topic.")
 LATENESS = Histogram(
     "timerctl_firing_lateness_seconds",

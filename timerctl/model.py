@@ -65,8 +65,12 @@ class BackendUnavailable(TimerError):
 
 
 class Status(StrEnum):
+    """What a timer is doing. A runner's claim is a lease, not a status: a claimed timer stays Scheduled
+    (or Retrying) until its POST is committed to, so it can be cancelled or changed until then."""
+
     SCHEDULED = "Scheduled"
     RUNNING = "Running"
+    RETRYING = "Retrying"
     FINISHED = "Finished"
     FAILED = "Failed"
     CANCELLED = "Cancelled"
@@ -75,16 +79,24 @@ class Status(StrEnum):
     def is_final(self) -> bool:
         return self in FINAL_STATUSES
 
+    @property
+    def is_pending(self) -> bool:
+        return self in PENDING_STATUSES
+
 
 FINAL_STATUSES = frozenset({Status.FINISHED, Status.FAILED, Status.CANCELLED})
+#: Waiting for an attempt: what cancel, update and fire-now act on.
+PENDING_STATUSES = frozenset({Status.SCHEDULED, Status.RETRYING})
 
-#: The only moves a timer may make. Running → Scheduled is a retry after a failed attempt or a
-#: released claim; Running → Running is a lease taken over from a runner that died.
+#: The only moves a timer may make. Scheduled/Retrying → itself is a change (update, fire now); Running →
+#: Scheduled/Retrying is a start handed back by a stopping runner; Running → Running is a lease taken over
+#: from a runner that died mid-POST; Failed → Scheduled is a retry by hand.
 TRANSITIONS: dict[Status, frozenset[Status]] = {
-    Status.SCHEDULED: frozenset({Status.RUNNING, Status.CANCELLED}),
-    Status.RUNNING: frozenset({Status.RUNNING, Status.SCHEDULED, Status.FINISHED, Status.FAILED}),
+    Status.SCHEDULED: frozenset({Status.SCHEDULED, Status.RUNNING, Status.CANCELLED}),
+    Status.RETRYING: frozenset({Status.RETRYING, Status.RUNNING, Status.CANCELLED}),
+    Status.RUNNING: frozenset({Status.RUNNING, Status.SCHEDULED, Status.RETRYING, Status.FINISHED, Status.FAILED}),
     Status.FINISHED: frozenset(),
-    Status.FAILED: frozenset(),
+    Status.FAILED: frozenset({Status.SCHEDULED}),
     Status.CANCELLED: frozenset(),
 }
 
@@ -242,6 +254,25 @@ def _canonical(payload: Any) -> str:
     return json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
+def check_delay(delay: timedelta, horizon: timedelta = DEFAULT_HORIZON) -> timedelta:
+    """``delay`` unchanged when it is 0 or more and within the horizon; InvalidInput otherwise."""
+    if delay < _ZERO:
+        raise InvalidInput(f"delay {delay} is negative; expected 0s or more")
+    if delay > horizon:
+        raise InvalidInput(f"delay {delay} is beyond the horizon of {horizon}")
+    return delay
+
+
+def check_instant(at: datetime, now: datetime, horizon: timedelta = DEFAULT_HORIZON) -> datetime:
+    """``at`` in UTC when it is now or later and within the horizon; InvalidInput otherwise."""
+    at = utc(at)
+    if at < utc(now):
+        raise InvalidInput(f"instant {format_instant(at)} is in the past; expected now or later")
+    if at - now > horizon:
+        raise InvalidInput(f"instant {format_instant(at)} is beyond the horizon of {horizon}")
+    return at
+
+
 @dataclass(frozen=True, slots=True)
 class TimerSpec:
     """What a client asked for; resolved against a clock into a Timer.
@@ -255,25 +286,21 @@ class TimerSpec:
     delay: timedelta | None = None
     payload: Any = None
     timer_id: str | None = None
+    on_failure_url: str | None = None
 
     def validate(self, now: datetime, horizon: timedelta = DEFAULT_HORIZON) -> None:
         validate_url(self.webhook_url)
         if self.timer_id is not None:
             validate_timer_id(self.timer_id)
+        if self.on_failure_url is not None:
+            validate_url(self.on_failure_url)
         encode_payload(self.payload)
         if (self.expiry_time is None) == (self.delay is None):
             raise InvalidInput("give exactly one of a delay (--in) or an instant (--at)")
         if self.delay is not None:
-            if self.delay < _ZERO:
-                raise InvalidInput(f"delay {self.delay} is negative; expected 0s or more")
-            if self.delay > horizon:
-                raise InvalidInput(f"delay {self.delay} is beyond the horizon of {horizon}")
+            check_delay(self.delay, horizon)
         if self.expiry_time is not None:
-            at = utc(self.expiry_time)
-            if at < utc(now):
-                raise InvalidInput(f"instant {format_instant(at)} is in the past; expected now or later")
-            if at - now > horizon:
-                raise InvalidInput(f"instant {format_instant(at)} is beyond the horizon of {horizon}")
+            check_instant(self.expiry_time, now, horizon)
 
     def resolve(self, now: datetime, horizon: timedelta = DEFAULT_HORIZON, new_id: str | None = None) -> Timer:
         """A new Scheduled timer for this spec created at ``now``; InvalidInput when the spec is bad."""
@@ -286,11 +313,14 @@ class TimerSpec:
             expiry_time=expiry,
             created_at=created,
             payload=self.payload,
+            on_failure_url=self.on_failure_url,
         )
 
     def matches(self, timer: Timer) -> bool:
         """True when ``timer`` is what this spec would have created (the idempotent ``--id`` check)."""
         if timer.webhook_url != self.webhook_url or _canonical(timer.payload) != _canonical(self.payload):
+            return False
+        if timer.on_failure_url != self.on_failure_url:
             return False
         if self.delay is not None:
             return utc(timer.created_at + self.delay) == timer.expiry_time
@@ -305,8 +335,12 @@ _UNSET = datetime.min.replace(tzinfo=UTC)
 class Timer:
     """One durable promise to POST ``payload`` to ``webhook_url`` at ``expiry_time``.
 
-    ``due_at`` is when a runner should next act: the expiry at first, later the retry time.
-    ``lease_owner``/``lease_until`` are the claim of the runner delivering it (status Running).
+    ``due_at`` is when a runner should next act: the expiry at first, later the retry time (or now, after
+    ``fire``). ``lease_owner``/``lease_until`` are the claim of the runner holding it; a claim does not
+    change the status. ``revision`` counts changes made by people (update, cancel, retry, fire): a runner
+    commits to a POST only of the revision it holds. ``delivery_count`` counts every attempt ever made
+    (``attempts`` restarts at 0 on a retry by hand); the attempts themselves are ``Delivery`` records kept
+    by the store.
     """
 
     timer_id: str
@@ -321,14 +355,20 @@ class Timer:
     due_at: datetime = _UNSET
     lease_owner: str | None = None
     lease_until: datetime | None = None
+    revision: int = 0
+    ended_at: datetime | None = None
+    delivery_count: int = 0
+    on_failure_url: str | None = None
 
     def __post_init__(self) -> None:
         if self.due_at is _UNSET:
             object.__setattr__(self, "due_at", self.expiry_time)
 
     def time_left(self, now: datetime) -> int:
-        """Whole seconds until expiry, floored, never negative."""
-        return max(0, math.floor((self.expiry_time - now).total_seconds()))
+        """Whole seconds until the next attempt is due, rounded up: 0 only once it is due (or not pending)."""
+        if self.status not in PENDING_STATUSES:
+            return 0
+        return max(0, math.ceil((self.due_at - now).total_seconds()))
 
     def to_json(self, now: datetime) -> dict[str, Any]:
         """The public JSON form (field names of the HTTP service timerctl replaces)."""
@@ -338,6 +378,7 @@ class Timer:
         """The wire form used on the queue and in the cache: public fields, no derived ``timeLeft``."""
         data = self._public()
         data["dueAt"] = format_instant(self.due_at)
+        data["revision"] = self.revision
         return data
 
     def _public(self, time_left: int | None = None) -> dict[str, Any]:
@@ -355,6 +396,10 @@ class Timer:
         data["attempts"] = self.attempts
         data["firedAt"] = format_instant(self.fired_at) if self.fired_at else None
         data["lastError"] = self.last_error
+        data["nextAttemptAt"] = format_instant(self.due_at) if self.status in PENDING_STATUSES else None
+        data["endedAt"] = format_instant(self.ended_at) if self.ended_at else None
+        data["deliveryCount"] = self.delivery_count
+        data["onFailureUrl"] = self.on_failure_url
         return data
 
     @classmethod
@@ -368,9 +413,7 @@ class Timer:
             expiry = parse_instant(data["expiryTime"])
             created = parse_instant(data["createdAt"])
             status = Status(data.get("timerStatus", Status.SCHEDULED.value))
-            attempts = data.get("attempts", 0)
-            if not isinstance(attempts, int) or isinstance(attempts, bool) or not 0 <= attempts <= MAX_STORED_INT:
-                raise InvalidInput(f"attempts must be a non-negative integer up to {MAX_STORED_INT}, got {attempts!r}")
+            attempts = _count(data, "attempts")
             fired = data.get("firedAt")
             last_error = data.get("lastError")
             if last_error is not None and not isinstance(last_error, str):
@@ -380,6 +423,12 @@ class Timer:
             due = data.get("dueAt")
             payload = data.get("payload")
             encode_payload(payload)
+            revision = _count(data, "revision")
+            delivery_count = _count(data, "deliveryCount")
+            ended = data.get("endedAt")
+            on_failure = data.get("onFailureUrl")
+            if on_failure is not None:
+                validate_url(on_failure)
             return cls(
                 timer_id=timer_id,
                 webhook_url=url,
@@ -391,6 +440,10 @@ class Timer:
                 fired_at=parse_instant(fired) if fired else None,
                 last_error=last_error,
                 due_at=parse_instant(due) if due else expiry,
+                revision=revision,
+                ended_at=parse_instant(ended) if ended else None,
+                delivery_count=delivery_count,
+                on_failure_url=on_failure,
             )
         except KeyError as exc:
             raise InvalidInput(f"timer record is missing {exc.args[0]!r}") from exc
@@ -404,6 +457,14 @@ class Timer:
         if not can_transition(self.status, status):
             raise ValueError(f"{self.timer_id}: {self.status.value} -> {status.value} is not allowed")
         return replace(self, status=status, **changes)
+
+
+def _count(data: dict[str, Any], name: str) -> int:
+    """The non-negative integer field ``name`` of a record (0 when absent); InvalidInput naming it otherwise."""
+    value = data.get(name, 0)
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_STORED_INT:
+        raise InvalidInput(f"{name} must be a non-negative integer up to {MAX_STORED_INT}, got {value!r}")
+    return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -427,11 +488,50 @@ class RetryPolicy:
         return timedelta(seconds=base / 2 + base / 2 * rand)
 
 
+#: Attempts a store keeps per timer (older ones are counted in ``delivery_count``, not kept).
+MAX_DELIVERIES_KEPT = 20
+#: Characters of a response body kept on a Delivery.
+RESPONSE_KEPT = 256
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One attempt as recorded: when it started, how long it took, what came back (secrets stripped)."""
+
+    attempt: int
+    at: datetime
+    duration_ms: int
+    status_code: int | None = None
+    error: str | None = None
+    response: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "attempt": self.attempt,
+            "at": format_instant(self.at),
+            "durationMs": self.duration_ms,
+            "statusCode": self.status_code,
+            "error": self.error,
+            "response": self.response,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Delivery:
+        return cls(
+            attempt=data["attempt"],
+            at=parse_instant(data["at"]),
+            duration_ms=data["durationMs"],
+            status_code=data.get("statusCode"),
+            error=data.get("error"),
+            response=data.get("response"),
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    """What happened to one claimed timer, written back by its runner.
+    """What happened to one started timer, written back by its runner with the attempt's ``delivery``.
 
-    ``status`` is Finished (delivered), Failed (gave up) or Scheduled (retry at ``due_at``).
+    ``status`` is Finished (delivered), Failed (gave up) or Retrying (next attempt at ``due_at``).
     """
 
     timer_id: str
@@ -440,6 +540,13 @@ class Outcome:
     fired_at: datetime | None = None
     last_error: str | None = None
     due_at: datetime | None = None
+    ended_at: datetime | None = None
+    delivery: Delivery | None = None
+    #: The timer's failure callback, when this outcome ends it Failed (the store spawns the callback).
+    on_failure_url: str | None = None
+    #: The timer's ``delivery_count`` with this attempt: its number in the whole history. Known to the runner
+    #: from its claim (nobody else writes a leased timer's deliveries), so the store need not read it back.
+    delivery_count: int | None = None
 
     def apply(self, timer: Timer) -> Timer:
         """``timer`` as the store has it once this outcome is recorded (the lease is gone)."""
@@ -451,11 +558,10 @@ class Outcome:
             due_at=self.due_at or timer.due_at,
             lease_owner=None,
             lease_until=None,
+            ended_at=self.ended_at,
+            delivery_count=(
+                self.delivery_count
+                if self.delivery_count is not None
+                else timer.delivery_count + (self.delivery is not None)
+            ),
         )
-
-
-def cancel(timer: Timer) -> Timer:
-    """The cancelled copy of ``timer``; Conflict naming its status when it is no longer Scheduled."""
-    if timer.status is not Status.SCHEDULED:
-        raise Conflict(f"timer {timer.timer_id} is {timer.status.value}; only a Scheduled timer can be cancelled")
-    return timer.move(Status.CANCELLED, lease_owner=None, lease_until=None)

@@ -1,4 +1,4 @@
-"""The client side of timerctl: create, get, list and cancel over whichever backends are configured.
+"""The client side of timerctl: create, get, list and change timers over whichever backends are configured.
 
 The CLI and the HTTP API both call this and nothing below it. Backends open lazily: a create through
 Kafka never touches the store unless an ``--id`` must be checked against it.
@@ -6,24 +6,30 @@ Kafka never touches the store unless an ``--id`` must be checked against it.
 
 from __future__ import annotations
 
+import builtins
 import logging
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from functools import cached_property
 from typing import Any
 
+from timerctl import changes
 from timerctl.cache import Cache, open_cache
+from timerctl.changes import Update
 from timerctl.clock import Clock, system_clock
 from timerctl.config import Settings
 from timerctl.model import (
     BackendUnavailable,
     Conflict,
+    Delivery,
     InvalidInput,
     NotFound,
     Status,
     Timer,
     TimerSpec,
+    check_instant,
+    utc,
     validate_timer_id,
 )
 from timerctl.queue import Queue, open_queue
@@ -164,20 +170,108 @@ class TimerService:
             raise NotFound(timer_id)
         return timer
 
-    def list(self, status: Status | None = None, limit: int = 100, due_before: datetime | None = None) -> list[Timer]:
-        return self.store.find(status=status, limit=limit, due_before=due_before)
+    def list(
+        self,
+        status: Status | None = None,
+        limit: int = 100,
+        due_before: datetime | None = None,
+        ended_after: datetime | None = None,
+        url_prefix: str | None = None,
+    ) -> list[Timer]:
+        return self.store.find(
+            status=status, limit=limit, due_before=due_before, ended_after=ended_after, url_prefix=url_prefix
+        )
+
+    def deliveries(self, timer_id: str) -> builtins.list[Delivery]:  # ``list`` is the method above
+        """The attempts kept for a timer, oldest first (empty for one never attempted or not stored yet)."""
+        return self.store.deliveries(timer_id)
 
     def cancel(self, timer_id: str) -> Timer:
         """Cancel at once in the store (a tombstone when the create is still queued), then tell the queue."""
-        cached = self.cache.get(timer_id)
-        fallback = cached if cached is not None and cached.status is Status.SCHEDULED else None
-        done = self.store.cancel(timer_id, fallback=fallback)
-        self.cache.put(done, self.clock())
+        now = utc(self.clock())
+        done = self.store.cancel(timer_id, now, fallback=self._queued(timer_id))
+        self.cache.put(done, now)
         try:
             self.queue.submit_cancel(timer_id)
         except BackendUnavailable as exc:
             # The store already holds the cancel; the queued record only keeps replicas in order.
             self.warn(f"cancel of {timer_id} stored, but not published to the queue: {exc}")
+        return done
+
+    def update(self, timer_id: str, change: Update) -> Timer:
+        """Change a Scheduled or Retrying timer in place; InvalidInput for an empty change."""
+        if change.empty:
+            raise InvalidInput("nothing to change; give a new time (--in, --at, ...), --url, --payload or --on-failure")
+        return self._change(timer_id, "update", lambda timer: changes.update(timer, change))
+
+    def fire(self, timer_id: str) -> Timer:
+        """Make a Scheduled or Retrying timer due now."""
+        now = utc(self.clock())
+        return self._change(timer_id, "fire", lambda timer: changes.fire_now(timer, now))
+
+    def retry(self, timer_id: str, at: datetime | None = None) -> Timer:
+        """Schedule a Failed timer again, due ``at`` (now when None), with a fresh attempt budget."""
+        now = utc(self.clock())
+        when = check_instant(at, now, self.settings.max_horizon) if at is not None else now
+        return self._change(timer_id, "retry", lambda timer: changes.retry(timer, when))
+
+    def retry_matching(
+        self,
+        since: datetime | None = None,
+        url_prefix: str | None = None,
+        at: datetime | None = None,
+        progress: Callable[[int], None] = lambda moved: None,
+        page: int = 500,
+    ) -> Iterator[Timer]:
+        """Retry every Failed timer that ended at or after ``since`` and whose URL starts with ``url_prefix``.
+
+        Yields each timer moved; ``progress`` is told after every page how many were looked at. A timer
+        that stopped being Failed meanwhile (retried by someone else) is skipped, not an error.
+        """
+        seen: set[str] = set()
+        while True:
+            batch = [
+                t
+                for t in self.store.find(Status.FAILED, limit=page, ended_after=since, url_prefix=url_prefix)
+                if t.timer_id not in seen
+            ]
+            if not batch:
+                return
+            for timer in batch:
+                seen.add(timer.timer_id)
+                try:
+                    yield self.retry(timer.timer_id, at)
+                except (Conflict, NotFound):
+                    continue
+            progress(len(seen))
+
+    def purge(self, statuses: Sequence[Status], older_than: timedelta, dry_run: bool = False, batch: int = 500) -> int:
+        """Delete ended timers in ``statuses`` that ended more than ``older_than`` ago; how many (would be)."""
+        for status in statuses:
+            if not status.is_final:
+                raise InvalidInput(f"only ended timers can be purged; {status.value} is not an end state")
+        before = self.clock() - older_than
+        if dry_run:
+            return self.store.purgeable(statuses, before)
+        total = 0
+        while (deleted := self.store.purge(statuses, before, batch)) > 0:
+            total += deleted
+        return total
+
+    def _queued(self, timer_id: str) -> Timer | None:
+        """The cached copy of a timer whose create may still be in the queue (a fallback for changes)."""
+        cached = self.cache.get(timer_id)
+        return cached if cached is not None and cached.status is Status.SCHEDULED else None
+
+    def _change(self, timer_id: str, op: str, rule: Callable[[Timer], Timer]) -> Timer:
+        """Apply ``rule`` in the store (to the queued copy when the create is not stored yet), cache the
+        result and publish it, so replicas and a create still queued stay in order."""
+        done = self.store.modify(timer_id, rule, fallback=self._queued(timer_id))
+        self.cache.put(done, self.clock())
+        try:
+            self.queue.submit_change(op, done)
+        except BackendUnavailable as exc:
+            self.warn(f"{op} of {timer_id} stored, but not published to the queue: {exc}")
         return done
 
     def counts(self) -> dict[Status, int]:

@@ -1,6 +1,7 @@
 """The ``timerctl`` command line: each command parses, calls the core, prints.
 
-Exit codes: 0 ok, 1 not found, 2 invalid input, 3 a backend is unreachable, 4 conflict.
+Exit codes: 0 ok, 1 not found, 2 invalid input, 3 a backend is unreachable, 4 conflict (a change the
+timer's state refuses); ``watch`` also 5 Failed and 6 Cancelled.
 """
 
 import sys
@@ -46,6 +47,10 @@ app.command()(timers.create)
 app.command()(timers.get)
 app.command("list")(timers.list_timers)
 app.command()(timers.cancel)
+app.command()(timers.update)
+app.command()(timers.fire)
+app.command()(timers.retry)
+app.command()(timers.purge)
 app.command()(demo)
 app.command()(doctor)
 app.command()(verify)

@@ -12,13 +12,15 @@ from timerctl.cli.common import (
     errors_to_exit_codes,
     now,
     out,
+    plain,
     print_json,
     service,
     status_text,
     timer_table,
     timers_table,
 )
-from timerctl.model import Status, Timer
+from timerctl.model import PENDING_STATUSES, Status, Timer
+from timerctl.service import TimerService
 from timerctl.timeparse import format_duration
 
 #: ``watch`` exit codes by final status (documented in the README).
@@ -52,17 +54,24 @@ def watch(
     raise typer.Exit(WATCH_EXIT[timer.status])
 
 
+#: What the countdown line says of a timer in each status that is not final.
+_WAITING = {Status.SCHEDULED: "fires in", Status.RETRYING: "next attempt in", Status.RUNNING: "POST"}
+
+
 def _countdown(timer: Timer) -> "Table":
     from rich.table import Table
 
-    left = (timer.expiry_time - now()).total_seconds()
     table = Table(show_header=False, box=None)
     table.add_row("timer", timer.timer_id)
     table.add_row("status", status_text(timer.status.value))
-    table.add_row("fires in", format_duration(left) if left > 0 else "due now")
+    if timer.status is Status.RUNNING:
+        table.add_row(_WAITING[timer.status], "in flight")
+    elif timer.status.is_pending:
+        left = timer.time_left(now())
+        table.add_row(_WAITING[timer.status], format_duration(left) if left > 0 else "due now")
     table.add_row("attempts", str(timer.attempts))
     if timer.last_error:
-        table.add_row("last error", f"[red]{timer.last_error}[/]")
+        table.add_row("last error", f"[red]{plain(timer.last_error)}[/]")
     return table
 
 
@@ -71,10 +80,10 @@ def stats(
     upcoming: Annotated[int, typer.Option("--next", min=0, max=1000, help="How many next-due timers to show.")] = 5,
     as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON only.")] = False,
 ) -> None:
-    """Counts by status and the next timers due."""
+    """Counts by status and the next timers due (Scheduled, or Retrying: due again)."""
     with service() as svc:
         counts = svc.counts()
-        soon = svc.list(status=Status.SCHEDULED, limit=upcoming) if upcoming else []
+        soon = _next_due(svc, upcoming)
     at = now()
     if as_json:
         print_json({"counts": {s.value: n for s, n in counts.items()}, "next": [t.to_json(at) for t in soon]})
@@ -90,3 +99,11 @@ def stats(
     out().print(table)
     if soon:
         out().print(timers_table(soon, at))
+
+
+def _next_due(svc: TimerService, limit: int) -> list[Timer]:
+    """The ``limit`` pending timers due soonest: of the Scheduled and the Retrying ones each store lists first."""
+    if not limit:
+        return []
+    pending = [t for status in PENDING_STATUSES for t in svc.list(status=status, limit=limit)]
+    return sorted(pending, key=lambda t: (t.due_at, t.timer_id))[:limit]

@@ -1,9 +1,10 @@
-"""``timerctl serve consumer``: applies the creates and cancels on the Kafka topic to the store.
+"""``timerctl serve consumer``: applies the creates, changes and cancels on the Kafka topic to the store.
 
 At least once, made exactly once by the store: a batch's offsets are committed only after its store
-write succeeded, and the write is idempotent (first write wins, a repeated cancel is ignored), so a
-crash between the two only re-applies a batch. A record that cannot be decoded goes to
-``<topic>.dlq`` with the reason and is then skipped, so it never blocks its partition.
+write succeeded, and the write is idempotent (first write wins, a change is taken only over an earlier
+revision, a repeated cancel is ignored), so a crash between the two only re-applies a batch. A record
+that cannot be decoded goes to ``<topic>.dlq`` with the reason and is then skipped, so it never blocks
+its partition.
 """
 
 from __future__ import annotations
@@ -19,9 +20,11 @@ from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
 
 from timerctl import metrics
+from timerctl.changes import adopt
+from timerctl.clock import Clock, system_clock
 from timerctl.config import Settings
 from timerctl.daemons.lifecycle import StopFlag, Watchdog, backoff, notify
-from timerctl.model import BackendUnavailable, Conflict, InvalidInput, NotFound, Timer
+from timerctl.model import BackendUnavailable, Conflict, InvalidInput, NotFound, Timer, utc
 from timerctl.queue.kafka import (
     DLQ_REASON_HEADER,
     RecordProducer,
@@ -49,6 +52,8 @@ class Batch:
 
     size: int = 0
     creates: list[Timer] = field(default_factory=list)
+    #: The timers carried by update, retry and fire records, as changed.
+    changes: list[Timer] = field(default_factory=list)
     cancels: list[str] = field(default_factory=list)
     rejects: list[tuple[Any, str]] = field(default_factory=list)
     offsets: dict[Any, Any] = field(default_factory=dict)
@@ -67,10 +72,10 @@ def decode_batch(polled: dict[Any, list[Any]]) -> Batch:
             except InvalidInput as exc:
                 batch.rejects.append((record, str(exc)))
                 continue
-            if message.timer is not None:
-                batch.creates.append(message.timer)
-            else:
+            if message.op == "cancel":
                 batch.cancels.append(message.timer_id)
+            elif message.timer is not None:
+                (batch.creates if message.op == "create" else batch.changes).append(message.timer)
         batch.size += len(records)
         batch.offsets[tp] = OffsetAndMetadata(records[-1].offset + 1, "", -1)
     return batch
@@ -271,6 +276,7 @@ class Consumer(GroupReader):
         max_records: int = MAX_RECORDS,
         max_poll_interval_ms: int = MAX_POLL_INTERVAL_MS,
         poll_timeout_ms: int = POLL_TIMEOUT_MS,
+        clock: Clock = system_clock,
     ) -> None:
         super().__init__(
             settings,
@@ -280,6 +286,7 @@ class Consumer(GroupReader):
             poll_timeout_ms=poll_timeout_ms,
         )
         self.store = store
+        self.clock = clock
         self._producer: RecordProducer | None = None
 
     def _apply(self, batch: Batch) -> None:
@@ -312,15 +319,45 @@ class Consumer(GroupReader):
         metrics.DLQ.inc(len(batch.rejects))
 
     def _write(self, batch: Batch) -> None:
-        """Creates first (one idempotent insert), then the batch's cancels; safe to repeat."""
+        """Creates first (one idempotent insert), then changes, then cancels; safe to repeat.
+
+        Grouped by kind rather than in record order, which keeps each timer's own order: its create comes
+        before its changes, and nothing follows its cancel (a cancelled timer cannot be changed).
+        """
         added = self.store.insert_many(batch.creates) if batch.creates else 0
+        if batch.changes:
+            added += self._write_changes(batch.changes)
         metrics.PERSISTED.inc(added)
+        now = utc(self.clock())
         for timer_id in batch.cancels:
             try:
-                self.store.cancel(timer_id)
+                self.store.cancel(timer_id, now)
             except (NotFound, Conflict) as exc:
                 log.info("cancel of %s ignored: %s", timer_id, exc)
-        log.debug("stored %d new of %d creates, %d cancels", added, len(batch.creates), len(batch.cancels))
+        sizes = (len(batch.creates), len(batch.changes), len(batch.cancels))
+        log.debug("stored %d new of %d creates and %d changes, %d cancels", added, *sizes)
+
+    def _write_changes(self, changes: list[Timer]) -> int:
+        """Store each timer's latest change record where it is a later revision; how many ids were new.
+
+        An id not stored yet takes the record's timer (one idempotent insert): first write wins, so the
+        create still queued behind it becomes a no-op. Inserted before the compare-and-set, never after a
+        miss, so a create stored meanwhile (by a runner's feed) is changed rather than kept.
+        """
+        latest: dict[str, Timer] = {}
+        for timer in changes:
+            held = latest.get(timer.timer_id)
+            if held is None or timer.revision >= held.revision:
+                latest[timer.timer_id] = timer
+        added = self.store.insert_many(list(latest.values()))
+        for timer in latest.values():
+            try:
+                self.store.modify(timer.timer_id, adopt(timer))
+            except NotFound as exc:  # purged since it ended
+                log.info("change of %s to revision %d ignored: %s", timer.timer_id, timer.revision, exc)
+            except Conflict as exc:  # stored corrupt, or lost MAX_RACES races to other writers in a row
+                log.warning("change of %s to revision %d not stored: %s", timer.timer_id, timer.revision, exc)
+        return added
 
     def close(self) -> None:
         """Leave the group and close the dead-letter producer (the store belongs to the caller)."""
@@ -350,11 +387,12 @@ def serve(
     group_id: str | None = None,
     max_records: int = MAX_RECORDS,
     max_poll_interval_ms: int = MAX_POLL_INTERVAL_MS,
+    clock: Clock = system_clock,
 ) -> int:
     """Exit code 0 once ``stop`` is set and the batch in hand is stored and committed.
 
-    Opens the store from ``settings`` unless given one (and closes only a store it opened). Raises
-    InvalidInput when no broker is configured.
+    Opens the store from ``settings`` unless given one (and closes only a store it opened); ``clock`` is
+    when cancels happen. Raises InvalidInput when no broker is configured.
     """
     broker_of(settings)  # before the store is opened (with retries): a missing broker is a setting, not an outage
     daemon_store = store
@@ -368,6 +406,7 @@ def serve(
         group_id=group_id,
         max_records=max_records,
         max_poll_interval_ms=max_poll_interval_ms,
+        clock=clock,
     )
     log.info("consumer starting: %s", settings.describe())
     try:

@@ -3,11 +3,13 @@
 Who owns what, by thread:
 - the **main thread** (``Runner``) owns the store and everything about claims: it claims what falls due
   within the lookahead, renews its leases (one statement per owner), writes outcomes back in batches,
-  inserts near-term creates offered by the Kafka feed, and hands claims back when stopping. Periodic
-  work runs on a ``schedule.Scheduler``; everything else arrives in one inbox (``_inbox``): attempts
-  finished by the firing loop and timers offered by the feed.
+  inserts near-term creates offered by the Kafka feed, deletes ended timers past their retention, and
+  hands claims back when stopping. Periodic work runs on a ``schedule.Scheduler``; everything else
+  arrives in one inbox (``_inbox``): attempts finished and start batches answered by the firing loop,
+  and timers offered by the feed.
 - the **firing thread** (``firing.Firing``) holds the claimed timers on an event loop and POSTs each at
-  its instant; it never touches the store.
+  its instant; the only store call made for it is the start commit just before the instant, on a
+  worker thread of its own (``Store.start``, safe to call from another thread).
 - with Kafka, a **feed thread** (``feed.NearTermFeed``) reads the topic and offers creates due soon.
 
 Timers are claimed ahead of time under a lease, so firing is driven by the clock, not by the poll tick;
@@ -36,10 +38,10 @@ from timerctl import metrics
 from timerctl.cache import Cache, NoCache, open_cache
 from timerctl.clock import Clock, system_clock
 from timerctl.config import Settings
-from timerctl.daemons.firing import Fired, Firing
+from timerctl.daemons.firing import Committed, Fired, Firing
 from timerctl.daemons.lifecycle import StopFlag, Watchdog, backoff, notify
 from timerctl.delivery import Deliverer, Signer
-from timerctl.model import BackendUnavailable, Timer, format_instant
+from timerctl.model import BackendUnavailable, Status, Timer, format_instant
 from timerctl.redaction import redact_url
 from timerctl.stores.base import Store
 from timerctl.targets import TargetGuard, TargetPolicy
@@ -57,6 +59,13 @@ FLUSH_LINGER = 0.01
 RENEWALS_PER_LEASE = 4
 #: Gen-0 allocation threshold while running (CPython's default is 700); see ``_quiet_gc``.
 GC_THRESHOLD = 50_000
+#: Ended timers deleted per retention statement: small, so the store's write lock is never held long
+#: enough to delay a start commit or an outcome write.
+PURGE_BATCH = 500
+#: How often retention runs when the last pass found nothing more to delete (seconds); a full batch is
+#: followed by the next one a tick later.
+PURGE_EVERY = 30.0
+PURGE_AGAIN = 0.2
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,9 +113,18 @@ class Runner:
         self.clock = clock
         self.owner = owner or default_owner()
         self.held: dict[str, Timer] = {}  # claimed and not yet recorded
-        self._inbox: queue.SimpleQueue[Fired | Offer] = queue.SimpleQueue()
+        self._inbox: queue.SimpleQueue[Fired | Committed | Offer] = queue.SimpleQueue()
         self._unwritten: list[Fired] = []  # finished attempts whose write failed: retried first
-        self.firing = Firing(deliverer or make_deliverer(settings), clock, settings.retry, self._inbox.put, rand)
+        self.firing = Firing(
+            deliverer or make_deliverer(settings),
+            clock,
+            settings.retry,
+            self._inbox.put,
+            lambda timers: self.store.start(self.owner, timers),
+            rand,
+            report_starts=not isinstance(self.cache, NoCache),
+        )
+        self._next_purge = 0.0  # time.monotonic() of the next retention pass
         self._scheduler = schedule.Scheduler()
         self._store_down = backoff(first=0.1, cap=1.0)
         self._lookahead = settings.lookahead
@@ -141,6 +159,8 @@ class Runner:
             while not stop:
                 self.watchdog.ping()  # from this loop: a loop that stops turning stops the pings
                 self._scheduler.run_pending()
+                if not burst and time.monotonic() >= self._next_purge:
+                    self.purge_ended()
                 self.flush(timeout=min(0.05, max(0.0, self._scheduler.idle_seconds or 0.05)), linger=FLUSH_LINGER)
                 if burst and not self.held and self.claim() == 0:
                     break
@@ -170,23 +190,22 @@ class Runner:
         return total
 
     def renew(self) -> None:
-        """Extend every lease this runner holds (one store call); drop the timers whose lease was lost.
+        """Extend the leases this runner holds that end within half a lease (one store call).
+
+        Only those: a lease just claimed or renewed is left alone, so a runner holding thousands of timers
+        rewrites a few rows per renewal, not all of them. A timer whose lease was lost (taken over,
+        cancelled or changed) is not looked for here: its start commit is refused and it is dropped then.
 
         The store may also name timers this runner does not know it holds: a claim that was written but
         whose answer never came back (the connection broke). Those are handed back at once, or their
         leases would be renewed for as long as the runner lives and they would never fire.
         """
+        now = self.clock()
         try:
-            kept = self.store.renew(self.owner, self.clock() + self.settings.lease)
+            kept = self.store.renew(self.owner, now + self.settings.lease, now + self.settings.lease / 2)
         except BackendUnavailable as exc:
             self._store_unavailable(exc)
             return
-        lost = [tid for tid in self.held if tid not in kept]
-        for tid in lost:
-            log.warning("lease on %s lost; another runner owns it now", tid, extra={"timer_id": tid})
-            del self.held[tid]
-        if lost:
-            self.firing.drop(lost)
         unknown = [tid for tid in kept if tid not in self.held]
         if unknown:
             log.warning("handing back %d claims whose answer was lost", len(unknown), extra={"event": "orphans"})
@@ -201,7 +220,7 @@ class Runner:
         Waits up to ``timeout`` for the first item, then ``linger`` for more to join it: one commit (and one
         wake-up of the firing loop) per batch instead of per delivery.
         """
-        items: list[Fired | Offer] = []
+        items: list[Fired | Committed | Offer] = []
         try:
             items.append(self._inbox.get(timeout=timeout) if timeout > 0 else self._inbox.get_nowait())
             if linger > 0:
@@ -213,8 +232,43 @@ class Runner:
         offered = [timer for item in items if isinstance(item, Offer) for timer in item.timers]
         if offered:
             self._store_offered(offered)
-        self._unwritten.extend(item for item in items if isinstance(item, Fired))
+        for item in items:
+            if isinstance(item, Fired):
+                self._unwritten.append(item)
+            elif isinstance(item, Committed):
+                self._committed(item)
         return self._record() if self._unwritten else 0
+
+    def _committed(self, item: Committed) -> None:
+        """A start batch answered: stop holding what the store refused; the cache shows the started Running."""
+        for tid in item.refused:
+            self.held.pop(tid, None)
+        if item.refused:
+            metrics.REFUSED_STARTS.inc(len(item.refused))
+            log.info(
+                "%d held timers not started: cancelled, changed or taken over since their claim",
+                len(item.refused),
+                extra={"event": "starts_refused"},
+            )
+        if item.started and not isinstance(self.cache, NoCache):
+            self.cache.put_many([t.move(Status.RUNNING) for t in item.started], self.clock())
+
+    def purge_ended(self) -> int:
+        """Delete one batch of ended timers past their retention; how many. Runs again soon while more remain."""
+        now = self.clock()
+        settings = self.settings
+        try:
+            deleted = self.store.purge([Status.FINISHED, Status.CANCELLED], now - settings.retention, PURGE_BATCH)
+            if deleted < PURGE_BATCH:
+                deleted += self.store.purge([Status.FAILED], now - settings.failed_retention, PURGE_BATCH - deleted)
+        except BackendUnavailable as exc:
+            log.warning("retention pass skipped: %s", exc, extra={"event": "purge_failed"})
+            deleted = 0
+        self._next_purge = time.monotonic() + (PURGE_AGAIN if deleted >= PURGE_BATCH else PURGE_EVERY)
+        if deleted:
+            metrics.PURGED.inc(deleted)
+            log.info("deleted %d ended timers past their retention", deleted, extra={"event": "purged"})
+        return deleted
 
     def _store_offered(self, timers: list[Timer]) -> None:
         try:
@@ -238,7 +292,7 @@ class Runner:
         for fired in batch:
             self.held.pop(fired.timer.timer_id, None)
         if not isinstance(self.cache, NoCache):  # rebuilding each Timer for nothing cost the hot path
-            done = [f.outcome.apply(f.timer) for f in batch if f.timer.timer_id in recorded]
+            done = [f.outcome.apply(f.timer.move(Status.RUNNING)) for f in batch if f.timer.timer_id in recorded]
             self.cache.put_many(done, self.clock())
         if log.isEnabledFor(logging.INFO):
             for fired in batch:

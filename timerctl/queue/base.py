@@ -1,4 +1,4 @@
-"""The Queue protocol: how an accepted create or cancel travels towards the store."""
+"""The Queue protocol: how an accepted create, change or cancel travels towards the store."""
 
 from __future__ import annotations
 
@@ -29,6 +29,14 @@ class Queue(Protocol):
 
     def submit_cancel(self, timer_id: str) -> None:
         """Publish a cancel so it stays ordered after the timer's create (no-op when direct)."""
+        ...
+
+    def submit_change(self, op: str, timer: Timer) -> None:
+        """Publish a change already stored (``op`` update, retry or fire, ``timer`` as changed) so it stays
+        ordered after the timer's create (no-op when direct); returns once acknowledged.
+
+        Raises BackendUnavailable when the path is down: the change is then stored but not published.
+        """
         ...
 
     def ping(self) -> None:

@@ -23,6 +23,9 @@ class DirectQueue:
     def submit_cancel(self, timer_id: str) -> None:
         return None
 
+    def submit_change(self, op: str, timer: Timer) -> None:
+        return None
+
     def ping(self) -> None:
         return None  # the store is the part to ping, and is pinged as such
 

@@ -1,19 +1,29 @@
-"""The Kafka path: creates and cancels are records on a topic, applied to the store by the consumer.
+"""The Kafka path: creates, changes and cancels are records on a topic, applied to the store by the consumer.
 
-The wire format lives here and nowhere else. Each record is keyed by the timer id, so a timer's create
-and its cancel land on the same partition, in order. The value is compact UTF-8 JSON::
+The wire format lives here and nowhere else. Each record is keyed by the timer id, so everything done to
+one timer lands on one partition, after its create, in order. The value is compact UTF-8 JSON::
 
     {"v": 1, "op": "create", "timer": <Timer.to_record()>}
     {"v": 1, "op": "cancel", "timerId": "<id>"}
+    {"v": 1, "op": "update" | "retry" | "fire", "timerId": "<id>", "timer": <to_record() as changed>}
 
-A record the consumer cannot decode goes to ``<topic>.dlq`` with its original key and value and the
-reason (``encode_dead_letter``), so one bad record never blocks the partition behind it.
+Version 1 only grows: an op or field is added only so that every record written before reads as it did
+(unknown envelope and timer fields are ignored). A record the consumer cannot decode (an unknown op
+included) goes to ``<topic>.dlq`` with its original key and value and the reason (``encode_dead_letter``),
+so one bad record never blocks the partition behind it.
 
-A create record must describe a new timer, since nothing but a runner's claim may move one on: its
-``timerStatus`` is ``Scheduled`` (or absent), ``attempts`` 0 (or absent), ``firedAt`` and ``lastError``
-null (or absent) and ``dueAt`` equal to ``expiryTime`` (or absent). Anything else, such as a foreign
-producer's ``"timerStatus": "Running"`` that would be stored and never fire, is dead-lettered with the
-fields at fault as its reason. Lease fields are never taken from a record (a claim is the store's).
+A create record must describe a new timer, since nothing but a runner's claim or a person's change may
+move one on: its ``timerStatus`` is ``Scheduled``, ``attempts``, ``revision`` and ``deliveryCount`` 0,
+``firedAt``, ``lastError`` and ``endedAt`` null and ``dueAt`` equal to ``expiryTime`` (each may be absent,
+as in records written before revisions existed). Anything else, such as a foreign producer's
+``"timerStatus": "Running"`` that would be stored and never fire, or a ``revision`` that would make the
+timer's real changes look old, is dead-lettered with the fields at fault as its reason.
+
+A change record carries the timer as stored after the change, ``revision`` included; the consumer keeps
+whichever of the stored timer and the record's is the later revision. Its timer must be one the op
+produces: ``revision`` 1 or more, no ``endedAt``, ``timerStatus`` Scheduled or Retrying (a retry: Scheduled
+with ``attempts`` 0 and no ``firedAt``), and ``timerId`` the id of that timer. Lease fields are never
+taken from a record (a claim is the store's).
 """
 
 from __future__ import annotations
@@ -25,7 +35,7 @@ import threading
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, cast, get_args
 
 from confluent_kafka import KafkaError, KafkaException, Producer
 from confluent_kafka import Message as KafkaMessage
@@ -70,11 +80,18 @@ CLOSE_TIMEOUT = 2.0
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 
+#: What a record does: announce a timer, cancel it, or carry a change already stored.
+Op = Literal["create", "cancel", "update", "retry", "fire"]
+#: The ops whose record carries the timer as changed.
+CHANGE_OPS: frozenset[str] = frozenset({"update", "retry", "fire"})
+_OPS = ", ".join(f'"{op}"' for op in get_args(Op))
+
+
 @dataclass(frozen=True, slots=True)
 class Message:
-    """One decoded record: a create carrying ``timer``, or a cancel of ``timer_id``."""
+    """One decoded record: ``timer_id`` and, for a create or a change, the ``timer`` it carries."""
 
-    op: Literal["create", "cancel"]
+    op: Op
     timer_id: str
     timer: Timer | None = None
 
@@ -85,7 +102,7 @@ def dlq_topic(topic: str) -> str:
 
 
 def record_key(timer_id: str) -> bytes:
-    """The record key of a timer: its id, so its create and cancel share a partition."""
+    """The record key of a timer: its id, so its create, changes and cancel share a partition."""
     return timer_id.encode()
 
 
@@ -101,6 +118,13 @@ def encode_create(timer: Timer) -> bytes:
 def encode_cancel(timer_id: str) -> bytes:
     """The record value cancelling the timer ``timer_id``."""
     return _dumps({"v": WIRE_VERSION, "op": "cancel", "timerId": validate_timer_id(timer_id)})
+
+
+def encode_change(op: str, timer: Timer) -> bytes:
+    """The record value carrying ``timer`` as changed by ``op`` (update, retry or fire); ValueError for another op."""
+    if op not in CHANGE_OPS:
+        raise ValueError(f"unknown change op {op!r}; expected update, retry or fire")
+    return _dumps({"v": WIRE_VERSION, "op": op, "timerId": timer.timer_id, "timer": timer.to_record()})
 
 
 def _json_type(value: Any) -> str:
@@ -121,11 +145,60 @@ def _check_new(timer: Timer) -> None:
         wrong.append("lastError is set")
     if timer.due_at != timer.expiry_time:
         wrong.append("dueAt differs from expiryTime")
+    if timer.revision:
+        wrong.append(f"revision is {timer.revision}")
+    if timer.delivery_count:
+        wrong.append(f"deliveryCount is {timer.delivery_count}")
+    if timer.ended_at is not None:
+        wrong.append("endedAt is set")
     if wrong:
         raise InvalidInput(
-            f"create record is not a new timer: {', '.join(wrong)}; expected timerStatus Scheduled, attempts 0, "
-            "no firedAt or lastError, dueAt equal to expiryTime (each may be left out)"
+            f"create record is not a new timer: {', '.join(wrong)}; expected timerStatus Scheduled, attempts, "
+            "revision and deliveryCount 0, no firedAt, lastError or endedAt, dueAt equal to expiryTime "
+            "(each may be left out)"
         )
+
+
+def _check_changed(op: str, timer: Timer) -> None:
+    """InvalidInput naming every field by which a change record's ``timer`` is not what ``op`` produces."""
+    wrong = []
+    allowed = (Status.SCHEDULED,) if op == "retry" else (Status.SCHEDULED, Status.RETRYING)
+    if timer.status not in allowed:
+        wrong.append(f"timerStatus is {timer.status.value!r}")
+    if timer.revision < 1:
+        wrong.append("revision is 0")
+    if timer.ended_at is not None:
+        wrong.append("endedAt is set")
+    if op == "retry" and timer.attempts:
+        wrong.append(f"attempts is {timer.attempts}")
+    if op == "retry" and timer.fired_at is not None:
+        wrong.append("firedAt is set")
+    if wrong:
+        expected = (
+            "timerStatus Scheduled, attempts 0, no firedAt" if op == "retry" else "timerStatus Scheduled or Retrying"
+        )
+        raise InvalidInput(
+            f"{op} record is not a changed timer: {', '.join(wrong)}; expected {expected}, revision 1 or more, "
+            "no endedAt"
+        )
+
+
+def _timer_of(op: str, data: dict[str, Any]) -> Timer:
+    if "timer" not in data:
+        raise InvalidInput(f'{op} record has no "timer" object')
+    try:
+        return Timer.from_record(data["timer"])  # takes no lease fields, whatever the record holds
+    except InvalidInput as exc:
+        raise InvalidInput(f"{op} record has an invalid timer: {exc}") from exc
+
+
+def _timer_id_of(op: str, data: dict[str, Any]) -> str:
+    if "timerId" not in data:
+        raise InvalidInput(f'{op} record has no "timerId"')
+    try:
+        return validate_timer_id(data["timerId"])
+    except InvalidInput as exc:
+        raise InvalidInput(f"{op} record has an invalid timerId: {exc}") from exc
 
 
 def decode(value: bytes | None) -> Message:
@@ -156,23 +229,19 @@ def decode(value: bytes | None) -> Message:
         raise InvalidInput(f"unsupported record version {version!r}; expected {WIRE_VERSION}")
     op = data.get("op")
     if op == "create":
-        if "timer" not in data:
-            raise InvalidInput('create record has no "timer" object')
-        try:
-            timer = Timer.from_record(data["timer"])  # takes no lease fields, whatever the record holds
-        except InvalidInput as exc:
-            raise InvalidInput(f"create record has an invalid timer: {exc}") from exc
+        timer = _timer_of(op, data)
         _check_new(timer)
         return Message("create", timer.timer_id, timer)
     if op == "cancel":
-        if "timerId" not in data:
-            raise InvalidInput('cancel record has no "timerId"')
-        try:
-            timer_id = validate_timer_id(data["timerId"])
-        except InvalidInput as exc:
-            raise InvalidInput(f"cancel record has an invalid timerId: {exc}") from exc
-        return Message("cancel", timer_id)
-    raise InvalidInput(f'unknown op {op!r}; expected "create" or "cancel"')
+        return Message("cancel", _timer_id_of(op, data))
+    if isinstance(op, str) and op in CHANGE_OPS:  # a JSON array or object is unhashable
+        timer = _timer_of(op, data)
+        timer_id = _timer_id_of(op, data)
+        if timer.timer_id != timer_id:
+            raise InvalidInput(f"{op} record's timerId {timer_id!r} differs from its timer's {timer.timer_id!r}")
+        _check_changed(op, timer)
+        return Message(cast(Op, op), timer_id, timer)
+    raise InvalidInput(f"unknown op {op!r}; expected one of {_OPS}")
 
 
 def encode_dead_letter(reason: str, topic: str, partition: int, offset: int, value: bytes | None) -> bytes:
@@ -285,7 +354,7 @@ class RecordProducer:
 
 
 class KafkaQueue:
-    """Queue publishing creates and cancels to ``topic``; the consumer daemon writes them to the store."""
+    """Queue publishing creates, changes and cancels to ``topic``; the consumer daemon writes them to the store."""
 
     def __init__(self, bootstrap: str, topic: str) -> None:
         self.bootstrap = bootstrap
@@ -323,6 +392,10 @@ class KafkaQueue:
     def submit_cancel(self, timer_id: str) -> None:
         """Publish a cancel after the timer's create (same key, same partition); returns once acknowledged."""
         self._publish([(record_key(timer_id), encode_cancel(timer_id))])
+
+    def submit_change(self, op: str, timer: Timer) -> None:
+        """Publish a stored change after the timer's create (same key, same partition); returns once acknowledged."""
+        self._publish([(record_key(timer.timer_id), encode_change(op, timer))])
 
     def ping(self) -> None:
         """Raise BackendUnavailable unless the broker answers a metadata request for the topic."""

@@ -1,14 +1,28 @@
 """The shared store: one MongoDB collection that runners on many machines claim timers from.
 
-Each timer is one document in ``timers``, keyed by a unique index on ``timerId``. Every claim and every
-later write by a runner is a single-document atomic update whose filter names the state it expects
-(``status`` and ``leaseOwner``), so a runner whose lease was taken over writes nothing. Instants are
-BSON datetimes in UTC (millisecond precision, as the model keeps them). Documents are decoded through
-the tolerant ``rows.decode_row``: a corrupt one reads as a Failed timer and is never handed to a runner.
+Each timer is one document in ``timers``, keyed by a unique index on ``timerId``; its last
+``MAX_DELIVERIES_KEPT`` attempts ride along in a ``deliveries`` array (``$push`` with ``$slice``), so a purge
+deletes them with it. A claim is a lease (``leaseOwner``/``leaseUntil``) that leaves ``status`` alone;
+``start`` turns Running only the documents still leased to the runner at the ``revision`` it holds, and every
+later write by a runner names the owner in its filter, so a runner whose lease was taken over, or whose timer
+a person cancelled or changed, writes nothing.
+
+A runner's batches (claim, start, renew, release) are one ``update_many`` each. Its filter re-checks what
+made each document eligible, and since update_many answers counts, not documents, what it changed is read
+back by this owner's mark (``leaseOwner`` and the lease's end). Each query carries, word for word, the filter
+of the partial index it relies on (``{leaseOwner: null}`` for free timers, ``{leaseOwner: {$type: "string"}}``
+for held ones, ``{endedAt: {$type: "date"}}`` for ended ones): the server uses a partial index only for a
+query it can prove is inside it.
+
+Instants are BSON datetimes in UTC (millisecond precision, as the model keeps them). Documents are decoded
+through the tolerant ``rows.decode_row``: a corrupt one reads as a Failed timer and is never handed to a
+runner. The ``schema`` collection records the layout version: an older store gets its indexes and the
+``endedAt`` of its ended timers on first open, a newer one is refused.
 """
 
 from __future__ import annotations
 
+import re
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -16,7 +30,7 @@ from datetime import UTC, datetime
 from typing import Any, cast
 from urllib.parse import unquote_plus
 
-from pymongo import ASCENDING, MongoClient, ReturnDocument
+from pymongo import ASCENDING, MongoClient
 from pymongo.collection import Collection
 from pymongo.database import Database
 from pymongo.errors import (
@@ -27,18 +41,60 @@ from pymongo.errors import (
     OperationFailure,
 )
 
-from timerctl.model import BackendUnavailable, InvalidInput, Outcome, Status, Timer, encode_payload, utc
+from timerctl.model import (
+    MAX_DELIVERIES_KEPT,
+    BackendUnavailable,
+    Delivery,
+    InvalidInput,
+    Outcome,
+    Status,
+    Timer,
+    encode_payload,
+    utc,
+)
 from timerctl.redaction import one_line
-from timerctl.stores.base import StoreBase
-from timerctl.stores.rows import TIMER_FIELDS, Decoded, changed_fields, decode_row
+from timerctl.stores.base import Filter, StoreBase
+from timerctl.stores.rows import PLACEHOLDER_INSTANT, TIMER_FIELDS, Decoded, changed_fields, decode_row
 
 DEFAULT_DATABASE = "timerctl"
 COLLECTION = "timers"
+#: Where the layout version lives: one document, ``{_id: "timers", version: N}``.
+SCHEMA_COLLECTION = "schema"
+#: Bumped with every change of the layout (2: leases without a status, revisions, deliveries, endedAt).
+SCHEMA_VERSION = 2
 _DUPLICATE_KEY = 11000
+_INDEX_NOT_FOUND = 27
 _ACCESS_DENIED = frozenset({13, 18})  # Unauthorized, AuthenticationFailed: wrong or missing credentials
-_SCHEDULED = Status.SCHEDULED.value
-_RUNNING = Status.RUNNING.value
-_AFTER = ReturnDocument.AFTER
+_SCHEDULED, _RETRYING, _RUNNING = Status.SCHEDULED.value, Status.RETRYING.value, Status.RUNNING.value
+_PENDING = [_SCHEDULED, _RETRYING]
+_FINAL = [s.value for s in Status if s.is_final]
+#: The partial filters: a free timer (null or missing owner), a held one, an ended one.
+_FREE = None
+_HELD: dict[str, Any] = {"$type": "string"}
+_ENDED: dict[str, Any] = {"$type": "date"}
+#: Each index and the queries it serves. ``claim_free`` holds no leased timer, so a claim never walks
+#: past the timers other runners hold; ``lease_holder`` serves renewals (owner, then lease end) and the
+#: takeover of lapsed leases (a few owners, each skipped to its expired range).
+INDEXES: list[tuple[list[tuple[str, int]], dict[str, Any]]] = [
+    ([("timerId", ASCENDING)], {"name": "timerId_1", "unique": True}),
+    (
+        [("status", ASCENDING), ("dueAt", ASCENDING)],
+        {"name": "claim_free", "partialFilterExpression": {"leaseOwner": _FREE}},
+    ),
+    (
+        [("leaseOwner", ASCENDING), ("leaseUntil", ASCENDING)],
+        {"name": "lease_holder", "partialFilterExpression": {"leaseOwner": _HELD}},
+    ),
+    ([("expiryTime", ASCENDING), ("timerId", ASCENDING)], {"name": "expiryTime_1_timerId_1"}),
+    (
+        [("status", ASCENDING), ("endedAt", ASCENDING)],
+        {"name": "ended", "partialFilterExpression": {"endedAt": _ENDED}},
+    ),
+]
+#: Indexes of the first layout that no query uses any more.
+OBSOLETE_INDEXES = ("status_1_dueAt_1", "status_1_leaseUntil_1", "leaseOwner_1")
+#: Fields no query needs back: the attempts are read by ``deliveries`` alone.
+_NO_HISTORY = {"deliveries": False}
 
 Document = dict[str, Any]
 
@@ -68,13 +124,21 @@ def _doc(timer: Timer) -> Document:
         "dueAt": utc(timer.due_at),
         "leaseOwner": timer.lease_owner,
         "leaseUntil": _maybe(timer.lease_until),
+        "revision": timer.revision,
+        "endedAt": _maybe(timer.ended_at),
+        "deliveryCount": timer.delivery_count,
+        "onFailureUrl": timer.on_failure_url,
     }
 
 
-#: A document's fields in ``Timer``'s order, as ``decode_row`` takes them.
-_FIELDS = ("timerId", "webhookUrl", "expiryTime", "createdAt", "status", "payload")
-_LATER_FIELDS = ("firedAt", "lastError", "dueAt", "leaseOwner", "leaseUntil")
-_KEY_OF = dict(zip(TIMER_FIELDS, (*_FIELDS, "attempts", *_LATER_FIELDS), strict=True))
+#: A document's fields in ``Timer``'s order, as ``decode_row`` takes them. A missing count reads as 0:
+#: documents of the first layout (or of another tool) have no revision or delivery count.
+_KEYS = (
+    "timerId", "webhookUrl", "expiryTime", "createdAt", "status", "payload", "attempts", "firedAt", "lastError",
+    "dueAt", "leaseOwner", "leaseUntil", "revision", "endedAt", "deliveryCount", "onFailureUrl",
+)  # fmt: skip
+_COUNTS = frozenset({"attempts", "revision", "deliveryCount"})
+_KEY_OF = dict(zip(TIMER_FIELDS, _KEYS, strict=True))
 
 
 def _stored_instant(value: Any) -> datetime:
@@ -85,8 +149,7 @@ def _stored_instant(value: Any) -> datetime:
 
 def _decode(doc: Document) -> Decoded:
     """The Timer of a document and None, or a Failed Timer and what is corrupt in the document."""
-    values = [doc.get(k) for k in _FIELDS] + [doc.get("attempts", 0)] + [doc.get(k) for k in _LATER_FIELDS]
-    return decode_row(values, _stored_instant)
+    return decode_row([doc.get(k, 0 if k in _COUNTS else None) for k in _KEYS], _stored_instant)
 
 
 def _timer(doc: Document) -> Timer:
@@ -94,7 +157,53 @@ def _timer(doc: Document) -> Timer:
     return _decode(doc)[0]
 
 
-_NO_LEASE: Document = {"leaseOwner": None, "leaseUntil": None}
+def _count_is(value: int) -> Any:
+    """A filter on a count field: 0 matches a missing one too, which reads as 0."""
+    return value if value else {"$in": [0, None]}
+
+
+def _sort_key(doc: Document) -> datetime:
+    due = doc.get("dueAt")
+    return _instant(due) if isinstance(due, datetime) else PLACEHOLDER_INSTANT
+
+
+def _delivery_doc(d: Delivery) -> Document:
+    return {
+        "attempt": d.attempt,
+        "at": utc(d.at),
+        "durationMs": d.duration_ms,
+        "statusCode": d.status_code,
+        "error": d.error,
+        "response": d.response,
+    }
+
+
+def _delivery(entry: Any) -> Delivery | None:
+    """The Delivery of a stored entry, or None for one another tool wrote in some other shape."""
+    try:
+        return Delivery(
+            attempt=int(entry["attempt"]),
+            at=_stored_instant(entry["at"]),
+            duration_ms=int(entry["durationMs"]),
+            status_code=entry.get("statusCode"),
+            error=entry.get("error"),
+            response=entry.get("response"),
+        )
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return None
+
+
+def _claimable(now: datetime, until: datetime) -> tuple[list[Document], list[Document]]:
+    """What a claim may take, as two ``$or`` lists: free timers (served by ``claim_free`` in ``dueAt`` order)
+    and timers whose lease lapsed (served by ``lease_holder``; few, sorted in memory).
+
+    Pending timers due by ``until`` and Running ones (a runner died mid-POST), each either free or with a
+    lease that is not a date at or after ``now`` (ended, missing, or not an instant at all).
+    """
+    due = {"status": {"$in": _PENDING}, "dueAt": {"$lte": until}}
+    running = {"status": _RUNNING}
+    lapsed = {"leaseOwner": _HELD, "leaseUntil": {"$not": {"$gte": now}}}
+    return [{"leaseOwner": _FREE, **due}, {"leaseOwner": _FREE, **running}], [{**lapsed, **due}, {**lapsed, **running}]
 
 
 def _mask(text: str, uri: str) -> str:
@@ -129,13 +238,7 @@ class MongoStore(StoreBase):
         self._db = db
         self._timers: Collection[Document] = db[COLLECTION]
         with self._guard():
-            self._timers.create_index("timerId", unique=True)
-            self._timers.create_index([("status", ASCENDING), ("dueAt", ASCENDING)])  # claims
-            self._timers.create_index([("status", ASCENDING), ("leaseUntil", ASCENDING)])  # lease expiry
-            self._timers.create_index([("expiryTime", ASCENDING), ("timerId", ASCENDING)])  # find
-            # renew: only Running timers hold a lease, so only they are indexed (a query must name
-            # status Running for the server to use a partial index).
-            self._timers.create_index("leaseOwner", partialFilterExpression={"status": _RUNNING})
+            self._migrate()
 
     @classmethod
     def from_uri(cls, uri: str, timeout: float = 5.0) -> MongoStore:
@@ -173,6 +276,34 @@ class MongoStore(StoreBase):
         store._client = client
         return store
 
+    def _migrate(self) -> None:
+        """Bring the database to ``SCHEMA_VERSION``: drop the indexes no query uses, create the current ones,
+        and give ended timers an ``endedAt`` (when they fired, else were due, at the latest now) so retention
+        deletes them too. Each step is idempotent: processes opening an old store at once are fine."""
+        schema = self._db[SCHEMA_COLLECTION]
+        found = schema.find_one({"_id": COLLECTION})
+        version = found.get("version") if found is not None else 1  # the first layout recorded none
+        if version == SCHEMA_VERSION:
+            return
+        if not isinstance(version, int) or version > SCHEMA_VERSION:
+            raise BackendUnavailable(
+                f"MongoDB store {self.database} has schema version {version!r}; "
+                f"this timerctl knows up to {SCHEMA_VERSION}"
+            )
+        present = self._timers.index_information()
+        for name in OBSOLETE_INDEXES:
+            if name in present:
+                try:
+                    self._timers.drop_index(name)
+                except OperationFailure as exc:  # dropped meanwhile by another process migrating
+                    if exc.code != _INDEX_NOT_FOUND:
+                        raise
+        for keys, options in INDEXES:  # each a no-op when it exists
+            self._timers.create_index(keys, **options)
+        ended = {"$min": [{"$ifNull": ["$firedAt", "$dueAt"]}, datetime.now(UTC)]}
+        self._timers.update_many({"status": {"$in": _FINAL}, "endedAt": None}, [{"$set": {"endedAt": ended}}])
+        schema.update_one({"_id": COLLECTION}, {"$max": {"version": SCHEMA_VERSION}}, upsert=True)
+
     @contextmanager
     def _guard(self) -> Iterator[None]:
         """Turn the driver's connection failures (timeouts, refused, lost primary) into BackendUnavailable."""
@@ -187,7 +318,7 @@ class MongoStore(StoreBase):
 
     def _get(self, timer_id: str) -> Decoded | None:
         with self._guard():
-            doc = self._timers.find_one({"timerId": timer_id})
+            doc = self._timers.find_one({"timerId": timer_id}, projection=_NO_HISTORY)
         return _decode(doc) if doc is not None else None
 
     def _insert_new(self, timer: Timer) -> bool:
@@ -201,14 +332,15 @@ class MongoStore(StoreBase):
         return result.upserted_id is not None  # None when the filter matched an existing timer
 
     def _swap(self, old: Timer, new: Timer) -> bool:
-        # null in a filter matches a missing field too, as _decode reads one; an absent attempts reads 0.
+        # null in a filter matches a missing field too, as _decode reads one; a missing count reads 0.
         state: Document = {
             "timerId": old.timer_id,
             "status": old.status.value,
             "leaseOwner": old.lease_owner,
             "leaseUntil": _maybe(old.lease_until),
-            "attempts": old.attempts if old.attempts else {"$in": [0, None]},
+            "attempts": _count_is(old.attempts),
             "dueAt": utc(old.due_at),
+            "revision": _count_is(old.revision),
         }
         doc = _doc(new)
         changes = {_KEY_OF[name]: doc[_KEY_OF[name]] for name in changed_fields(old, new)}
@@ -231,75 +363,127 @@ class MongoStore(StoreBase):
                     raise
                 return int(exc.details.get("nInserted", 0))
 
-    def _find(self, status: Status | None, limit: int, due_before: datetime | None) -> list[Timer]:
+    def _find(self, where: Filter, limit: int) -> list[Timer]:
         query: Document = {}
-        if status is not None:
-            query["status"] = status.value
-        if due_before is not None:
-            query["expiryTime"] = {"$lte": utc(due_before)}
+        if where.status is not None:
+            query["status"] = where.status.value
+        if where.due_before is not None:
+            query["expiryTime"] = {"$lte": utc(where.due_before)}
+        if where.ended_after is not None:
+            query["endedAt"] = {**_ENDED, "$gte": utc(where.ended_after)}
+        if where.url_prefix is not None:
+            # Anchored, every metacharacter escaped (re.escape's backslashes are literal in PCRE too).
+            query["webhookUrl"] = {"$regex": "^" + re.escape(where.url_prefix)}
         with self._guard():
-            cursor = self._timers.find(query, sort=[("expiryTime", ASCENDING), ("timerId", ASCENDING)], limit=limit)
+            cursor = self._timers.find(
+                query,
+                projection=_NO_HISTORY,
+                sort=[("expiryTime", ASCENDING), ("timerId", ASCENDING)],
+                limit=limit,
+            )
             return [_timer(d) for d in cursor]
 
     def _claim(self, owner: str, now: datetime, until: datetime, lease_until: datetime, limit: int) -> list[Timer]:
-        """The timers claimed for ``owner``, oldest due first.
+        """The timers leased to ``owner``, oldest due first: the ``limit`` soonest due of both kinds of
+        claimable timer, leased by one ``update_many`` that re-checks each is still claimable, then read back.
 
-        One ``find_one_and_update`` per timer, not ``update_many``: update_many takes neither a sort nor
-        a limit, and reading back what it changed cannot tell this runner's claims from another's made in
-        between. Each find_one_and_update is atomic on its document, so when two runners race for a timer
-        exactly one of them gets it back.
+        A candidate another runner leased in between is not updated; only then is the search repeated, so
+        a claim that lost races still takes what is left rather than returning short.
         """
-        due = {
-            "$or": [
-                {"status": _SCHEDULED, "dueAt": {"$lte": utc(until)}},
-                {"status": _RUNNING, "leaseUntil": {"$lt": utc(now)}},
-                {"status": _RUNNING, "leaseUntil": None},  # no lease to wait out (null or missing)
-            ]
-        }
-        lease = {"$set": {"status": _RUNNING, "leaseOwner": owner, "leaseUntil": utc(lease_until)}}
+        free, lapsed = _claimable(utc(now), utc(until))
+        lease = {"leaseOwner": owner, "leaseUntil": utc(lease_until)}
+        taken: list[Any] = []  # excluded from later rounds: a lease_until in the past must not loop
 
         def claims() -> Iterator[tuple[Any, Decoded]]:
-            taken: list[Any] = []
-            sound = 0
-            while sound < limit:
-                # Excluding what this call already took keeps a lease_until in the past from looping.
-                doc = self._timers.find_one_and_update(
-                    {**due, "_id": {"$nin": taken}}, lease, sort=[("dueAt", ASCENDING)], return_document=_AFTER
-                )
-                if doc is None:
+            wanted = limit
+            while wanted > 0:
+                found: list[Document] = []
+                for branches in (free, lapsed):
+                    # A rooted $or, each branch index-served; what this call took is left out of each.
+                    query = {"$or": [{**branch, "_id": {"$nin": taken}} for branch in branches] if taken else branches}
+                    found += self._timers.find(
+                        query, projection={"dueAt": True}, sort=[("dueAt", ASCENDING)], limit=wanted
+                    )
+                ids = [d["_id"] for d in sorted(found, key=_sort_key)[:wanted]]
+                if not ids:
                     return
-                taken.append(doc["_id"])
-                decoded = _decode(doc)
-                sound += decoded[1] is None
-                yield doc["_id"], decoded
+                matched = self._timers.update_many({"_id": {"$in": ids}, "$or": free + lapsed}, {"$set": lease})
+                docs = list(self._timers.find({"_id": {"$in": ids}, **lease}, projection=_NO_HISTORY))
+                taken.extend(ids)
+                wanted -= len(docs)
+                yield from ((doc["_id"], _decode(doc)) for doc in docs)
+                if matched.matched_count == len(ids):
+                    return  # nothing lost to another runner: nothing more is claimable
 
         def fail(key: Any, timer: Timer) -> None:
             # Failed by the same owner that holds it. Should this process die before this write, the
             # lease lapses and the next claim fails it.
             self._timers.update_one(
-                {"_id": key, "status": _RUNNING, "leaseOwner": owner},
-                {"$set": {"status": Status.FAILED.value, "lastError": timer.last_error, **_NO_LEASE}},
+                {"_id": key, **lease},
+                {
+                    "$set": {
+                        "status": Status.FAILED.value,
+                        "lastError": timer.last_error,
+                        "endedAt": utc(now),
+                        "leaseOwner": None,
+                        "leaseUntil": None,
+                    }
+                },
             )
 
         with self._guard():
             return self._keep_sound(claims(), fail)
 
-    def renew(self, owner: str, lease_until: datetime) -> set[str]:
-        held = {"status": _RUNNING, "leaseOwner": owner}  # served by the partial index on leaseOwner
+    def _start(self, owner: str, timers: Sequence[Timer]) -> list[str]:
+        by_revision: dict[int, list[str]] = {}
+        for timer in timers:
+            by_revision.setdefault(timer.revision, []).append(timer.timer_id)
+        # Usually one revision (0) for the whole batch: one clause, served by the timerId index.
+        held = [
+            {"timerId": {"$in": ids}, "revision": _count_is(rev), "leaseOwner": owner}
+            for rev, ids in by_revision.items()
+        ]
+        startable = {"$in": [*_PENDING, _RUNNING]}
         with self._guard():
-            self._timers.update_many(held, {"$set": {"leaseUntil": utc(lease_until)}})
-            # update_many returns counts, not documents, hence the read-back. A takeover, before the
-            # update or after it, changes leaseOwner, so the read leaves that timer out: what it finds is
-            # exactly what this owner holds now.
-            return {d["timerId"] for d in self._timers.find(held, projection={"timerId": True, "_id": False})}
+            self._timers.update_many(
+                {"$or": [{**h, "status": startable} for h in held]}, {"$set": {"status": _RUNNING}}
+            )
+            found = self._timers.find(
+                {"$or": [{**h, "status": _RUNNING} for h in held]}, projection={"timerId": True, "_id": False}
+            )
+            started = {d["timerId"] for d in found}
+        return [t.timer_id for t in timers if t.timer_id in started]
+
+    def renew(self, owner: str, lease_until: datetime, ending_before: datetime | None = None) -> set[str]:
+        # Served by lease_holder: the owner, then the end of its leases.
+        held: Document = {
+            "leaseOwner": {**_HELD, "$eq": owner},
+            "leaseUntil": _ENDED if ending_before is None else {"$lt": utc(ending_before)},
+        }
+        renewed = {"leaseOwner": owner, "leaseUntil": utc(lease_until)}
+        with self._guard():
+            ids = [d["timerId"] for d in self._timers.find(held, projection={"timerId": True, "_id": False})]
+            if not ids:
+                return set()
+            result = self._timers.update_many(
+                {**held, "timerId": {"$in": ids}}, {"$set": {"leaseUntil": utc(lease_until)}}
+            )
+            if result.matched_count == len(ids):
+                return set(ids)
+            # Some were taken over or released in between: what now carries the new lease was renewed.
+            found = self._timers.find({**renewed, "timerId": {"$in": ids}}, projection={"timerId": True, "_id": False})
+            return {d["timerId"] for d in found}
 
     def _release(self, owner: str, timer_ids: Sequence[str]) -> int:
+        # An update with a pipeline (MongoDB 4.2+): a started timer returns to the status it had before.
+        before = {"$cond": [{"$gt": ["$attempts", 0]}, _RETRYING, _SCHEDULED]}
+        status = {"$cond": [{"$eq": ["$status", _RUNNING]}, before, "$status"]}
         with self._guard():
             result = self._timers.update_many(
-                {"status": _RUNNING, "leaseOwner": owner, "timerId": {"$in": list(timer_ids)}},
-                {"$set": {"status": _SCHEDULED, **_NO_LEASE}},
+                {"timerId": {"$in": list(timer_ids)}, "leaseOwner": owner, "status": {"$in": [*_PENDING, _RUNNING]}},
+                [{"$set": {"status": status, "leaseOwner": None, "leaseUntil": None}}],
             )
-        return result.modified_count
+        return result.matched_count
 
     def _complete(self, owner: str, outcomes: Sequence[Outcome]) -> list[str]:
         recorded: list[str] = []
@@ -311,16 +495,44 @@ class MongoStore(StoreBase):
                     "attempts": o.attempts,
                     "firedAt": _maybe(o.fired_at),
                     "lastError": o.last_error,
-                    **_NO_LEASE,
+                    "endedAt": _maybe(o.ended_at),
+                    "leaseOwner": None,
+                    "leaseUntil": None,
                 }
                 if o.due_at is not None:
                     changes["dueAt"] = utc(o.due_at)
+                update: Document = {"$set": changes}
+                if o.delivery is not None:
+                    update["$inc"] = {"deliveryCount": 1}
+                    kept = {"$each": [_delivery_doc(o.delivery)], "$slice": -MAX_DELIVERIES_KEPT}
+                    update["$push"] = {"deliveries": kept}
                 result = self._timers.update_one(
-                    {"timerId": o.timer_id, "status": _RUNNING, "leaseOwner": owner}, {"$set": changes}
+                    {"timerId": o.timer_id, "status": _RUNNING, "leaseOwner": owner}, update
                 )
                 if result.matched_count:
                     recorded.append(o.timer_id)
         return recorded
+
+    def _deliveries(self, timer_id: str) -> list[Delivery]:
+        with self._guard():
+            doc = self._timers.find_one({"timerId": timer_id}, projection={"deliveries": True, "_id": False})
+        entries = doc.get("deliveries") if doc is not None else None
+        if not isinstance(entries, list):
+            return []
+        return [d for d in map(_delivery, entries) if d is not None]
+
+    def _purge(self, statuses: Sequence[Status], ended_before: datetime, limit: int) -> int:
+        # delete_many takes no limit: the batch is picked by id, and deleted only if still purgeable.
+        where = _purgeable(statuses, ended_before)
+        with self._guard():
+            ids = [d["_id"] for d in self._timers.find(where, projection={"_id": True}, limit=limit)]
+            if not ids:
+                return 0
+            return self._timers.delete_many({**where, "_id": {"$in": ids}}).deleted_count
+
+    def _purgeable(self, statuses: Sequence[Status], ended_before: datetime) -> int:
+        with self._guard():
+            return self._timers.count_documents(_purgeable(statuses, ended_before))
 
     def _count_statuses(self) -> list[tuple[Any, int]]:
         with self._guard():
@@ -336,3 +548,8 @@ class MongoStore(StoreBase):
         if self._client is not None:
             self._client.close()
             self._client = None
+
+
+def _purgeable(statuses: Sequence[Status], ended_before: datetime) -> Document:
+    """The ended timers in ``statuses`` that ended before ``ended_before`` (served by the ``ended`` index)."""
+    return {"status": {"$in": [s.value for s in statuses]}, "endedAt": {**_ENDED, "$lt": utc(ended_before)}}

@@ -54,7 +54,7 @@ def _optional_text(value: Any) -> str | None:
 
 def _attempts(value: Any) -> int:
     if type(value) is not int or not 0 <= value <= MAX_STORED_INT:
-        raise TypeError(f"{_shown(value)} is not a count of attempts")
+        raise TypeError(f"{_shown(value)} is not a non-negative count")
     return value
 
 
@@ -92,10 +92,13 @@ def decode_row(values: Sequence[Any], instant: Callable[[Any], datetime]) -> Dec
     """The Timer in a stored row, and None; or, for a corrupt row, a Failed Timer and what is corrupt.
 
     ``values`` are the stored fields in ``Timer``'s order (id, URL, expiry, created, status, payload,
-    attempts, fired, last error, due, lease owner, lease until); ``instant`` decodes one stored instant
-    and raises on anything else. Never raises for bad data.
+    attempts, fired, last error, due, lease owner, lease until, revision, ended, delivery count, failure
+    callback URL); ``instant`` decodes one stored instant and raises on anything else. Never raises for
+    bad data.
     """
-    (tid, url, expiry, created, status, payload, attempts, fired, error, due, owner, lease) = values
+    (tid, url, expiry, created, status, payload, attempts, fired, error, due, owner, lease, rev, ended, count, hook) = (
+        values
+    )
     # The common case in one go, at the cost of the unchecked decoder it replaced (every claimed timer is
     # decoded); any doubt falls through to the field-by-field pass, which applies the same checks and
     # says what is wrong.
@@ -108,6 +111,11 @@ def decode_row(values: Sequence[Any], instant: Callable[[Any], datetime]) -> Dec
             and (payload is None or type(payload) is str)
             and (error is None or type(error) is str)
             and (owner is None or type(owner) is str)
+            and type(rev) is int
+            and type(count) is int
+            and 0 <= rev <= MAX_STORED_INT
+            and 0 <= count <= MAX_STORED_INT
+            and (hook is None or type(hook) is str)
         ):
             return Timer(
                 tid,
@@ -122,6 +130,10 @@ def decode_row(values: Sequence[Any], instant: Callable[[Any], datetime]) -> Dec
                 instant(due),
                 owner,
                 None if lease is None else instant(lease),
+                rev,
+                None if ended is None else instant(ended),
+                count,
+                hook,
             ), None
     except _BAD:
         pass
@@ -130,7 +142,9 @@ def decode_row(values: Sequence[Any], instant: Callable[[Any], datetime]) -> Dec
 
 def _field_by_field(values: Sequence[Any], instant: Callable[[Any], datetime]) -> Decoded:
     """``decode_row`` one field at a time: each undecodable field is named and given a placeholder."""
-    (tid, url, expiry, created, status, payload, attempts, fired, error, due, owner, lease) = values
+    (tid, url, expiry, created, status, payload, attempts, fired, error, due, owner, lease, rev, ended, count, hook) = (
+        values
+    )
     problems: list[str] = []
 
     def field(label: str, decode: Callable[[Any], T], raw: Any, placeholder: T) -> T:
@@ -163,6 +177,10 @@ def _field_by_field(values: Sequence[Any], instant: Callable[[Any], datetime]) -
         due_at=field("dueAt", at, due, expiry_time),
         lease_owner=field("leaseOwner", _optional_text, owner, None),
         lease_until=field("leaseUntil", maybe_at, lease, None),
+        revision=field("revision", _attempts, rev, 0),
+        ended_at=field("endedAt", maybe_at, ended, None),
+        delivery_count=field("deliveryCount", _attempts, count, 0),
+        on_failure_url=field("onFailureUrl", _optional_text, hook, None),
     )
     if not problems:
         return timer, None
@@ -180,5 +198,8 @@ def _field_by_field(values: Sequence[Any], instant: Callable[[Any], datetime]) -
         fired_at=timer.fired_at,
         last_error=CORRUPT + corruption,
         due_at=timer.due_at,
+        revision=timer.revision,
+        ended_at=timer.ended_at,
+        delivery_count=timer.delivery_count,
     )
     return failed, corruption

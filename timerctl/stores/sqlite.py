@@ -19,13 +19,23 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from timerctl.model import BackendUnavailable, Outcome, Status, Timer, encode_payload, utc
-from timerctl.stores.base import StoreBase
+from timerctl.model import (
+    MAX_DELIVERIES_KEPT,
+    MAX_STORED_INT,
+    BackendUnavailable,
+    Delivery,
+    Outcome,
+    Status,
+    Timer,
+    encode_payload,
+    utc,
+)
+from timerctl.stores.base import Filter, StoreBase
 from timerctl.stores.rows import TIMER_FIELDS, Decoded, changed_fields, decode_row
 
-_SCHEMA = """
+_TABLES = """
 CREATE TABLE IF NOT EXISTS timers (
     timer_id       TEXT PRIMARY KEY,
     webhook_url    TEXT NOT NULL,
@@ -38,26 +48,105 @@ CREATE TABLE IF NOT EXISTS timers (
     last_error     TEXT,
     due_ms         INTEGER NOT NULL,
     lease_owner    TEXT,
-    lease_until_ms INTEGER
+    lease_until_ms INTEGER,
+    revision       INTEGER NOT NULL DEFAULT 0,
+    ended_ms       INTEGER,
+    delivery_count INTEGER NOT NULL DEFAULT 0,
+    on_failure_url TEXT
 );
-CREATE INDEX IF NOT EXISTS timers_due ON timers (status, due_ms);
-CREATE INDEX IF NOT EXISTS timers_lease ON timers (status, lease_until_ms);
-CREATE INDEX IF NOT EXISTS timers_expiry ON timers (expiry_ms);
-CREATE INDEX IF NOT EXISTS timers_owner ON timers (lease_owner) WHERE status = 'Running';
+CREATE TABLE IF NOT EXISTS deliveries (
+    timer_id    TEXT NOT NULL,
+    seq         INTEGER NOT NULL,
+    attempt     INTEGER NOT NULL,
+    at_ms       INTEGER NOT NULL,
+    duration_ms INTEGER NOT NULL,
+    status_code INTEGER,
+    error       TEXT,
+    response    TEXT,
+    PRIMARY KEY (timer_id, seq)
+) WITHOUT ROWID;
 """
+#: Columns added to ``timers`` since the first schema, each with what an older row reads as.
+_ADDED_COLUMNS = {
+    "revision": "INTEGER NOT NULL DEFAULT 0",
+    "ended_ms": "INTEGER",
+    "delivery_count": "INTEGER NOT NULL DEFAULT 0",
+    "on_failure_url": "TEXT",
+}
+#: Bumped with every change of the schema; ``PRAGMA user_version`` holds the one a file has.
+SCHEMA_VERSION = 2
+#: Each query names the index it relies on (``INDEXED BY``), so a planner change is an error, not a scan.
+#: The partial indexes hold only the rows their query looks for: ``timers_free`` the pending timers no
+#: runner holds, ``timers_leased``/``timers_holder`` the held ones, ``timers_ended`` the ended ones.
+_INDEXES = """
+CREATE INDEX IF NOT EXISTS timers_due ON timers (status, due_ms);
+CREATE INDEX IF NOT EXISTS timers_expiry ON timers (expiry_ms);
+CREATE INDEX IF NOT EXISTS timers_free ON timers (due_ms)
+    WHERE lease_owner IS NULL AND status IN ('Scheduled', 'Retrying');
+CREATE INDEX IF NOT EXISTS timers_leased ON timers (lease_until_ms) WHERE lease_owner IS NOT NULL;
+CREATE INDEX IF NOT EXISTS timers_holder ON timers (lease_owner) WHERE lease_owner IS NOT NULL;
+CREATE INDEX IF NOT EXISTS timers_ended ON timers (ended_ms) WHERE ended_ms IS NOT NULL;
+"""
+#: Indexes of the first schema that no query uses any more.
+_DROPPED_INDEXES = ("timers_lease", "timers_owner")
 
 _COLUMNS = (
     "timer_id, webhook_url, expiry_ms, created_ms, status, payload, attempts, fired_ms, last_error, "
-    "due_ms, lease_owner, lease_until_ms"
+    "due_ms, lease_owner, lease_until_ms, revision, ended_ms, delivery_count, on_failure_url"
 )
 _COLUMN_OF = dict(zip(TIMER_FIELDS, _COLUMNS.split(", "), strict=True))
-_INSERT = f"INSERT OR IGNORE INTO timers ({_COLUMNS}) VALUES ({','.join('?' * 12)})"
-#: ``status = 'Running'`` as a literal: what lets SQLite prove the partial index ``timers_owner`` applies.
-_RENEW = "UPDATE timers SET lease_until_ms = ? WHERE status = 'Running' AND lease_owner = ? RETURNING timer_id"
-#: The state ``_swap`` compares; IS for the lease, which is NULL on every timer not Running.
-_SWAP_WHERE = "timer_id = ? AND status = ? AND lease_owner IS ? AND lease_until_ms IS ? AND attempts = ? AND due_ms = ?"
+_INSERT = f"INSERT OR IGNORE INTO timers ({_COLUMNS}) VALUES ({','.join('?' * len(TIMER_FIELDS))})"
+_RENEW = (
+    "UPDATE timers INDEXED BY timers_holder SET lease_until_ms = ? "
+    "WHERE lease_owner IS NOT NULL AND lease_owner = ? AND lease_until_ms < ? RETURNING timer_id"
+)
+#: The state ``_swap`` compares; IS for the lease, which is NULL on every timer no runner holds.
+_SWAP_WHERE = (
+    "timer_id = ? AND status = ? AND lease_owner IS ? AND lease_until_ms IS ? AND attempts = ? AND due_ms = ? "
+    "AND revision = ?"
+)
+_PENDING = "status IN ('Scheduled', 'Retrying')"
+_CLAIM = f"""
+    UPDATE timers SET lease_owner = ?, lease_until_ms = ?
+    WHERE timer_id IN (
+        SELECT timer_id FROM (
+            SELECT * FROM (
+                SELECT timer_id, due_ms FROM timers INDEXED BY timers_free
+                WHERE lease_owner IS NULL AND {_PENDING} AND due_ms <= ? ORDER BY due_ms LIMIT ?
+            )
+            UNION ALL
+            SELECT timer_id, due_ms FROM timers INDEXED BY timers_leased
+            WHERE lease_owner IS NOT NULL AND lease_until_ms < ?
+              AND (status = 'Running' OR ({_PENDING} AND due_ms <= ?))
+            UNION ALL
+            SELECT timer_id, due_ms FROM timers INDEXED BY timers_leased
+            WHERE lease_owner IS NOT NULL AND lease_until_ms IS NULL
+              AND (status = 'Running' OR ({_PENDING} AND due_ms <= ?))
+            UNION ALL
+            SELECT timer_id, due_ms FROM timers WHERE status = 'Running' AND lease_owner IS NULL
+        ) ORDER BY due_ms LIMIT ?
+    )
+    RETURNING rowid, {_COLUMNS}
+"""
+_COMPLETE = (
+    "UPDATE timers SET status = ?, attempts = ?, fired_ms = ?, last_error = ?, due_ms = COALESCE(?, due_ms), "
+    "ended_ms = ?, delivery_count = COALESCE(?, delivery_count + ?), lease_owner = NULL, lease_until_ms = NULL "
+    "WHERE timer_id = ? AND status = 'Running' AND lease_owner = ?"
+)
+#: The number of a timer's latest delivery, for an outcome that does not say it.
+_DELIVERY_COUNT = "SELECT delivery_count FROM timers WHERE timer_id = ?"
+#: A started timer handed back returns to the status it had: Scheduled before its first attempt.
+_RELEASE = (
+    "UPDATE timers SET lease_owner = NULL, lease_until_ms = NULL, status = CASE status "
+    "WHEN 'Running' THEN CASE attempts WHEN 0 THEN 'Scheduled' ELSE 'Retrying' END ELSE status END "
+    "WHERE lease_owner = ? AND status IN ('Scheduled', 'Retrying', 'Running')"
+)
+_DELIVERY_COLUMNS = "timer_id, seq, attempt, at_ms, duration_ms, status_code, error, response"
+_INSERT_DELIVERY = f"INSERT OR REPLACE INTO deliveries ({_DELIVERY_COLUMNS}) VALUES (?,?,?,?,?,?,?,?)"
 
 
+T = TypeVar("T")
+MAX_MS = MAX_STORED_INT
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MS = timedelta(milliseconds=1)
 
@@ -94,6 +183,10 @@ def _row(timer: Timer) -> tuple[Any, ...]:
         to_ms(timer.due_at),
         timer.lease_owner,
         _maybe_ms(timer.lease_until),
+        timer.revision,
+        _maybe_ms(timer.ended_at),
+        timer.delivery_count,
+        timer.on_failure_url,
     )
 
 
@@ -142,20 +235,71 @@ class SqliteStore(StoreBase):
             if path != ":memory:" and not path.startswith("file:"):
                 create_private(path)
             self._db = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None, check_same_thread=False)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.executescript(_SCHEMA)
         except (OSError, sqlite3.Error) as exc:
             raise BackendUnavailable(f"cannot open the timer store at {path}: {exc}") from exc
         self._lock = threading.Lock()
+        try:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._migrate()
+        except sqlite3.Error as exc:
+            self._db.close()
+            raise BackendUnavailable(f"cannot open the timer store at {path}: {exc}") from exc
+        except BaseException:  # a file of a newer schema, or a migration that failed: not left open
+            self._db.close()
+            raise
+
+    def _migrate(self) -> None:
+        """Bring the file to ``SCHEMA_VERSION`` in one transaction: tables, added columns, indexes.
+
+        Ended timers of a file older than retention get ``ended_ms`` from when they fired (or were due, but
+        no later than now: a timer cancelled long before its instant ended before the migration), so
+        retention can delete them too.
+        """
+        if self._db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION:
+            return
+        with self._tx() as db:
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise sqlite3.DatabaseError(
+                    f"the file has schema version {version}; this timerctl knows up to {SCHEMA_VERSION}"
+                )
+            if version == SCHEMA_VERSION:
+                return
+            for statement in _TABLES.split(";"):
+                if statement.strip():
+                    db.execute(statement)
+            present = {row[1] for row in db.execute("PRAGMA table_info(timers)")}
+            for column, kind in _ADDED_COLUMNS.items():
+                if column not in present:
+                    db.execute(f"ALTER TABLE timers ADD COLUMN {column} {kind}")
+            for index in _DROPPED_INDEXES:
+                db.execute(f"DROP INDEX IF EXISTS {index}")
+            for statement in _INDEXES.split(";"):
+                if statement.strip():
+                    db.execute(statement)
+            db.execute(
+                "UPDATE timers SET ended_ms = MIN(COALESCE(fired_ms, due_ms), ?) "
+                "WHERE ended_ms IS NULL AND status IN ('Finished', 'Failed', 'Cancelled')",
+                (to_ms(datetime.now(UTC)),),
+            )
+            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        """A write transaction holding SQLite's write lock from the start (no upgrade deadlocks)."""
+    def _tx(self, durable: bool = True) -> Iterator[sqlite3.Connection]:
+        """A write transaction holding SQLite's write lock from the start (no upgrade deadlocks).
+
+        ``durable=False`` commits without waiting for the disk (``synchronous=NORMAL``: still atomic and in
+        order, but the last commits may be lost on power loss): for leases and starts, whose loss only
+        means a timer is claimed again, never lost.
+        """
         with self._lock:
             try:
+                if not durable:
+                    self._db.execute("PRAGMA synchronous=NORMAL")
                 self._db.execute("BEGIN IMMEDIATE")
             except sqlite3.Error as exc:
+                self._restore(durable)
                 raise BackendUnavailable(f"timer store {self.path} is unavailable: {exc}") from exc
             try:
                 yield self._db
@@ -168,6 +312,13 @@ class SqliteStore(StoreBase):
                 with suppress(sqlite3.Error):
                     self._db.execute("ROLLBACK")
                 raise
+            finally:
+                self._restore(durable)
+
+    def _restore(self, durable: bool) -> None:
+        if not durable:
+            with suppress(sqlite3.Error):
+                self._db.execute("PRAGMA synchronous=FULL")
 
     def _query(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         with self._lock:
@@ -188,7 +339,14 @@ class SqliteStore(StoreBase):
         values = dict(zip(TIMER_FIELDS, _row(new), strict=True))
         changed = changed_fields(old, new)
         sets = ", ".join(f"{_COLUMN_OF[name]} = ?" for name in changed)
-        state = (old.status.value, old.lease_owner, _maybe_ms(old.lease_until), old.attempts, to_ms(old.due_at))
+        state = (
+            old.status.value,
+            old.lease_owner,
+            _maybe_ms(old.lease_until),
+            old.attempts,
+            to_ms(old.due_at),
+            old.revision,
+        )
         with self._tx() as db:
             cursor = db.execute(
                 f"UPDATE timers SET {sets} WHERE {_SWAP_WHERE}",
@@ -202,63 +360,79 @@ class SqliteStore(StoreBase):
             db.executemany(_INSERT, [_row(t) for t in timers])
             return db.total_changes - before
 
-    def _find(self, status: Status | None, limit: int, due_before: datetime | None) -> list[Timer]:
-        where: list[str] = []
+    def _find(self, where: Filter, limit: int) -> list[Timer]:
+        terms: list[str] = []
         args: list[Any] = []
-        if status is not None:
-            where.append("status = ?")
-            args.append(status.value)
-        if due_before is not None:
-            where.append("expiry_ms <= ?")
-            args.append(to_ms(due_before))
-        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        if where.status is not None:
+            terms.append("status = ?")
+            args.append(where.status.value)
+        if where.due_before is not None:
+            terms.append("expiry_ms <= ?")
+            args.append(to_ms(where.due_before))
+        if where.ended_after is not None:
+            terms.append("ended_ms >= ?")
+            args.append(to_ms(where.ended_after))
+        if where.url_prefix is not None:
+            terms.append("substr(webhook_url, 1, ?) = ?")  # not LIKE: a prefix may hold % and _
+            args += [len(where.url_prefix), where.url_prefix]
+        clause = f"WHERE {' AND '.join(terms)}" if terms else ""
         rows = self._query(
             f"SELECT {_COLUMNS} FROM timers {clause} ORDER BY expiry_ms, timer_id LIMIT ?", [*args, limit]
         )
         return [_timer(r) for r in rows]
 
     def _claim(self, owner: str, now: datetime, until: datetime, lease_until: datetime, limit: int) -> list[Timer]:
-        # Index-served parts instead of one OR, which SQLite would answer with a full scan. A Running
-        # timer without a lease (written so by hand or by another tool) has no lease to wait out.
-        sql = f"""
-            UPDATE timers SET status = 'Running', lease_owner = ?, lease_until_ms = ?
-            WHERE timer_id IN (
-                SELECT timer_id FROM (
-                    SELECT timer_id, due_ms FROM timers WHERE status = 'Scheduled' AND due_ms <= ?
-                    UNION ALL
-                    SELECT timer_id, due_ms FROM timers WHERE status = 'Running' AND lease_until_ms < ?
-                    UNION ALL
-                    SELECT timer_id, due_ms FROM timers WHERE status = 'Running' AND lease_until_ms IS NULL
-                ) ORDER BY due_ms LIMIT ?
-            )
-            RETURNING rowid, {_COLUMNS}
-        """
-        with self._tx() as db:
-            rows = db.execute(sql, (owner, to_ms(lease_until), to_ms(until), to_ms(now), limit)).fetchall()
+        # Index-served parts instead of one OR, which SQLite would answer with a full scan. A timer with
+        # an owner but no lease end, or Running without an owner (written so by hand or by another tool),
+        # has no lease to wait out.
+        until_ms, now_ms = to_ms(until), to_ms(now)
+        args = (owner, to_ms(lease_until), until_ms, limit, now_ms, until_ms, until_ms, limit)
+        with self._tx(durable=False) as db:
+            rows = db.execute(_CLAIM, args).fetchall()
+            corrupt: list[tuple[str | None, int, int]] = []
 
             def fail(rowid: int, timer: Timer) -> None:
-                # By rowid (the id may be what is corrupt), in the claim's own transaction.
-                db.execute(
-                    "UPDATE timers SET status = 'Failed', last_error = ?, lease_owner = NULL, lease_until_ms = NULL "
-                    "WHERE rowid = ?",
-                    (timer.last_error, rowid),
-                )
+                corrupt.append((timer.last_error, now_ms, rowid))
 
-            return self._keep_sound(((rowid, _decode(row)) for rowid, *row in rows), fail)
+            claimed = ((rowid, _decode(row)) for rowid, *row in rows)
+            sound = self._keep_sound(claimed, fail)
+            # By rowid (the id may be what is corrupt), in the claim's own transaction.
+            db.executemany(
+                "UPDATE timers SET status = 'Failed', last_error = ?, ended_ms = ?, lease_owner = NULL, "
+                "lease_until_ms = NULL WHERE rowid = ?",
+                corrupt,
+            )
+        return sound
 
-    def renew(self, owner: str, lease_until: datetime) -> set[str]:
-        with self._tx() as db:
-            rows = db.execute(_RENEW, (to_ms(lease_until), owner)).fetchall()
+    def _start(self, owner: str, timers: Sequence[Timer]) -> list[str]:
+        started: list[str] = []
+        with self._tx(durable=False) as db:
+            for chunk in _chunks(timers, 400):
+                pairs = ",".join("(?,?)" for _ in chunk)
+                args: list[Any] = [a for t in chunk for a in (t.timer_id, t.revision)]
+                rows = db.execute(
+                    f"UPDATE timers SET status = 'Running' FROM (VALUES {pairs}) AS held "
+                    "WHERE timers.timer_id = held.column1 AND timers.revision = held.column2 "
+                    "AND timers.lease_owner = ? AND timers.status IN ('Scheduled', 'Retrying', 'Running') "
+                    "RETURNING timers.timer_id",
+                    (*args, owner),
+                ).fetchall()
+                started += [r[0] for r in rows]
+        return started
+
+    def renew(self, owner: str, lease_until: datetime, ending_before: datetime | None = None) -> set[str]:
+        limit = to_ms(ending_before) if ending_before is not None else MAX_MS
+        with self._tx(durable=False) as db:
+            rows = db.execute(_RENEW, (to_ms(lease_until), owner, limit)).fetchall()
         return {r[0] for r in rows}
 
     def _release(self, owner: str, timer_ids: Sequence[str]) -> int:
         released = 0
-        with self._tx() as db:
+        with self._tx(durable=False) as db:
             for chunk in _chunks(timer_ids):
                 marks = ",".join("?" * len(chunk))
                 cur = db.execute(
-                    f"UPDATE timers SET status = 'Scheduled', lease_owner = NULL, lease_until_ms = NULL "
-                    f"WHERE status = 'Running' AND lease_owner = ? AND timer_id IN ({marks})",
+                    f"{_RELEASE} AND timer_id IN ({marks})",
                     (owner, *chunk),
                 )
                 released += cur.rowcount
@@ -266,26 +440,71 @@ class SqliteStore(StoreBase):
 
     def _complete(self, owner: str, outcomes: Sequence[Outcome]) -> list[str]:
         recorded: list[str] = []
+        history: list[tuple[Any, ...]] = []
+        trim: list[tuple[str, int]] = []
         with self._tx() as db:
             for o in outcomes:
                 # Outcome.apply's fields: a retry without a due_at keeps the timer's due.
-                cur = db.execute(
-                    "UPDATE timers SET status = ?, attempts = ?, fired_ms = ?, last_error = ?, "
-                    "due_ms = COALESCE(?, due_ms), lease_owner = NULL, lease_until_ms = NULL "
-                    "WHERE timer_id = ? AND status = 'Running' AND lease_owner = ?",
+                d = o.delivery
+                fired, due, ended = o.fired_at, o.due_at, o.ended_at
+                written = db.execute(
+                    _COMPLETE,
                     (
                         o.status.value,
                         o.attempts,
-                        _maybe_ms(o.fired_at),
+                        None if fired is None else to_ms(fired),
                         o.last_error,
-                        _maybe_ms(o.due_at),
+                        None if due is None else to_ms(due),
+                        None if ended is None else to_ms(ended),
+                        o.delivery_count,
+                        d is not None,
                         o.timer_id,
                         owner,
                     ),
-                )
-                if cur.rowcount:
-                    recorded.append(o.timer_id)
+                ).rowcount
+                if not written:
+                    continue
+                recorded.append(o.timer_id)
+                if d is not None:
+                    seq = o.delivery_count or db.execute(_DELIVERY_COUNT, (o.timer_id,)).fetchone()[0]
+                    history.append(
+                        (o.timer_id, seq, d.attempt, to_ms(d.at), d.duration_ms, d.status_code, d.error, d.response)
+                    )
+                    if seq > MAX_DELIVERIES_KEPT:
+                        trim.append((o.timer_id, seq - MAX_DELIVERIES_KEPT))
+            if history:
+                db.executemany(_INSERT_DELIVERY, history)
+            if trim:
+                db.executemany("DELETE FROM deliveries WHERE timer_id = ? AND seq <= ?", trim)
         return recorded
+
+    def _deliveries(self, timer_id: str) -> list[Delivery]:
+        rows = self._query(
+            "SELECT attempt, at_ms, duration_ms, status_code, error, response FROM deliveries "
+            "WHERE timer_id = ? ORDER BY seq",
+            (timer_id,),
+        )
+        return [Delivery(a, from_ms(at), dur, code, err, resp) for a, at, dur, code, err, resp in rows]
+
+    def _purge(self, statuses: Sequence[Status], ended_before: datetime, limit: int) -> int:
+        marks = ",".join("?" * len(statuses))
+        with self._tx() as db:
+            rows = db.execute(
+                "DELETE FROM timers WHERE rowid IN (SELECT rowid FROM timers INDEXED BY timers_ended "
+                f"WHERE ended_ms IS NOT NULL AND ended_ms < ? AND status IN ({marks}) LIMIT ?) RETURNING timer_id",
+                (to_ms(ended_before), *(s.value for s in statuses), limit),
+            ).fetchall()
+            db.executemany("DELETE FROM deliveries WHERE timer_id = ?", rows)
+        return len(rows)
+
+    def _purgeable(self, statuses: Sequence[Status], ended_before: datetime) -> int:
+        marks = ",".join("?" * len(statuses))
+        rows = self._query(
+            "SELECT COUNT(*) FROM timers INDEXED BY timers_ended "
+            f"WHERE ended_ms IS NOT NULL AND ended_ms < ? AND status IN ({marks})",
+            (to_ms(ended_before), *(s.value for s in statuses)),
+        )
+        return int(rows[0][0])
 
     def _count_statuses(self) -> list[tuple[Any, int]]:
         return self._query("SELECT status, COUNT(*) FROM timers GROUP BY status")
@@ -298,7 +517,7 @@ class SqliteStore(StoreBase):
             self._db.close()
 
 
-def _chunks(ids: Sequence[str], size: int = 500) -> Iterator[Sequence[str]]:
+def _chunks(items: Sequence[T], size: int = 500) -> Iterator[Sequence[T]]:
     """Slices small enough for SQLite's bound-parameter limit."""
-    for start in range(0, len(ids), size):
-        yield ids[start : start + size]
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
