@@ -18,8 +18,9 @@ from typing import Any, NamedTuple
 import pytest
 
 from tests.factories import PUBLIC_KEYS, make_timer, stored_timers
+from timerctl.attempts import Delivery, Outcome
 from timerctl.cli import main
-from timerctl.model import Delivery, Outcome, Status, Timer
+from timerctl.model import Status, Timer
 from timerctl.stores.base import Store
 
 

@@ -22,7 +22,8 @@ from tests.fixtures_api import HOOK, OLD_BODY, api_client, app_client, created, 
 from tests.fixtures_cli import DETAIL_KEYS, attempt, plant
 from tests.fixtures_daemons import Daemons
 from tests.polling import free_port
-from timerctl.model import MAX_DELIVERIES_KEPT, Status, Timer, format_instant
+from timerctl.attempts import MAX_DELIVERIES_KEPT
+from timerctl.model import Status, Timer, format_instant
 from timerctl.service import TimerService
 
 OTHER = "http://127.0.0.1:9/other"

@@ -19,16 +19,9 @@ import pytest
 
 from tests.factories import make_timer
 from timerctl import changes
+from timerctl.attempts import Delivery
 from timerctl.changes import CALLBACK_DELIVERIES, KEEP, Update
-from timerctl.model import (
-    MAX_PAYLOAD_BYTES,
-    Conflict,
-    Delivery,
-    InvalidInput,
-    Status,
-    Timer,
-    validate_timer_id,
-)
+from timerctl.model import MAX_PAYLOAD_BYTES, Conflict, InvalidInput, Status, Timer, validate_timer_id
 
 NOW = datetime(2030, 1, 1, 12, 0, 0, tzinfo=UTC)
 SEC = timedelta(seconds=1)

@@ -22,7 +22,8 @@ import pytest
 from tests.factories import TIMERCTL, json_string_of_bytes, make_timer, now, process_env
 from tests.fixtures_cli import DETAIL_KEYS, TIMER_KEYS, Cli, assert_rejected, attempt, attempts
 from tests.fixtures_cli import plant as planted
-from timerctl.model import MAX_DELIVERIES_KEPT, MAX_PAYLOAD_BYTES, Status, Timer, format_instant
+from timerctl.attempts import MAX_DELIVERIES_KEPT
+from timerctl.model import MAX_PAYLOAD_BYTES, Status, Timer, format_instant
 from timerctl.stores.sqlite import SqliteStore
 
 URL = "https://hooks.example.com/fire"

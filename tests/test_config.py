@@ -24,8 +24,9 @@ import pytest
 
 from tests.factories import process_env
 from timerctl import config
+from timerctl.attempts import RetryPolicy
 from timerctl.config import Settings, load_settings
-from timerctl.model import InvalidInput, RetryPolicy
+from timerctl.model import InvalidInput
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"

@@ -25,17 +25,15 @@ from tests.factories import (
     make_timer,
     url_of_length,
 )
+from timerctl.attempts import Delivery, Outcome, RetryPolicy
 from timerctl.model import (
     DEFAULT_HORIZON,
     MAX_PAYLOAD_BYTES,
     MAX_URL_LENGTH,
     PENDING_STATUSES,
     Conflict,
-    Delivery,
     InvalidInput,
     NotFound,
-    Outcome,
-    RetryPolicy,
     Status,
     Timer,
     can_transition,

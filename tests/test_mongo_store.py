@@ -30,9 +30,11 @@ from tests.fixtures_stores import (
     mongo_uri,
 )
 from timerctl import changes
-from timerctl.model import MAX_DELIVERIES_KEPT, BackendUnavailable, Delivery, InvalidInput, Outcome, Status, Timer
+from timerctl.attempts import MAX_DELIVERIES_KEPT, Delivery, Outcome
+from timerctl.model import BackendUnavailable, InvalidInput, Status, Timer
 from timerctl.stores import mongo as mongo_module
-from timerctl.stores.mongo import SCHEMA_COLLECTION, SCHEMA_VERSION, MongoStore, _doc
+from timerctl.stores.mongo import MongoStore, _doc
+from timerctl.stores.mongo_schema import SCHEMA_COLLECTION, SCHEMA_VERSION
 
 MINUTE = timedelta(minutes=1)
 

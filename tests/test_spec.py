@@ -25,8 +25,9 @@ from fastapi.testclient import TestClient
 from tests.factories import MAX_PAYLOAD_TEXT_BYTES, make_timer, settings_for
 from tests.fixtures_cli import Cli
 from timerctl.api import create_app
+from timerctl.attempts import Delivery
 from timerctl.changes import Update
-from timerctl.model import DEFAULT_HORIZON, MAX_PAYLOAD_BYTES, Delivery, InvalidInput, Status, TimerSpec
+from timerctl.model import DEFAULT_HORIZON, MAX_PAYLOAD_BYTES, InvalidInput, Status, TimerSpec
 from timerctl.queue.kafka import decode
 from timerctl.service import TimerService
 from timerctl.spec import (

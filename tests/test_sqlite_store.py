@@ -22,7 +22,8 @@ import pytest
 from tests.factories import make_timer
 from tests.fixtures_cli import Cli
 from tests.fixtures_stores import MS, SEC, T0, make
-from timerctl.model import BackendUnavailable, Outcome, Status
+from timerctl.attempts import Outcome
+from timerctl.model import BackendUnavailable, Status
 from timerctl.stores.sqlite import SqliteStore, to_ms
 
 MINUTE = timedelta(minutes=1)
@@ -112,8 +113,11 @@ def busy(store: SqliteStore) -> SqliteStore:
 
 
 def test_sqlite_claim_is_served_by_an_index_for_each_kind_of_claimable_timer(busy: SqliteStore) -> None:
-    [sql] = statements(busy, lambda: busy.claim_due("r2", T0, T0, T0 + 30 * SEC, 10))
-    steps = plan(busy, sql)
+    # Read as one JSON text, then leased by rowid: two statements, one step each.
+    [read, write] = statements(busy, lambda: busy.claim_due("r2", T0, T0, T0 + 30 * SEC, 10))
+    assert "SEARCH timers USING INTEGER PRIMARY KEY (rowid=?)" in plan(busy, write)
+    assert full_scans(plan(busy, write)) == []
+    steps = plan(busy, read)
     assert "SEARCH timers USING INDEX timers_free (due_ms<?)" in steps, "free pending timers"
     assert "SEARCH timers USING INDEX timers_leased (lease_until_ms<?)" in steps, "lapsed leases"
     assert "SEARCH timers USING INDEX timers_leased (lease_until_ms=?)" in steps, "an owner but no lease end"

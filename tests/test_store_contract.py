@@ -39,8 +39,9 @@ from tests.fixtures_stores import (
     mongo_uri,
 )
 from timerctl import changes
+from timerctl.attempts import MAX_DELIVERIES_KEPT, Delivery, Outcome
 from timerctl.changes import Update
-from timerctl.model import MAX_DELIVERIES_KEPT, Conflict, Delivery, Outcome, Status, Timer
+from timerctl.model import Conflict, Status, Timer
 from timerctl.stores.base import Store
 from timerctl.stores.mongo import MongoStore
 from timerctl.stores.sqlite import SqliteStore

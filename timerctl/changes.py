@@ -15,16 +15,8 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
-from timerctl.model import (
-    PENDING_STATUSES,
-    Conflict,
-    Delivery,
-    Status,
-    Timer,
-    encode_payload,
-    format_instant,
-    validate_url,
-)
+from timerctl.attempts import Delivery
+from timerctl.model import PENDING_STATUSES, Conflict, Status, Timer, encode_payload, format_instant, validate_url
 
 #: ``Update`` field left as it is.
 KEEP: Any = object()

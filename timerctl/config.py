@@ -21,7 +21,8 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
 
-from timerctl.model import InvalidInput, RetryPolicy
+from timerctl.attempts import RetryPolicy
+from timerctl.model import InvalidInput
 from timerctl.timeparse import parse_duration
 
 Kind = Literal["text", "duration", "integer", "flag"]

@@ -23,16 +23,8 @@ from urllib.parse import urlsplit, urlunsplit
 import aiohttp
 
 from timerctl import __version__
-from timerctl.model import (
-    RESPONSE_KEPT,
-    Delivery,
-    InvalidInput,
-    Outcome,
-    RetryPolicy,
-    Status,
-    Timer,
-    format_instant,
-)
+from timerctl.attempts import RESPONSE_KEPT, Delivery, Outcome, RetryPolicy
+from timerctl.model import InvalidInput, Status, Timer, format_instant
 from timerctl.redaction import one_line, scrub
 from timerctl.slots import HostSlots
 from timerctl.targets import RefusedTarget, TargetChecker

@@ -15,6 +15,7 @@ from functools import cached_property
 from typing import Any
 
 from timerctl import changes
+from timerctl.attempts import Delivery
 from timerctl.cache import Cache, open_cache
 from timerctl.changes import Update
 from timerctl.clock import Clock, system_clock
@@ -22,7 +23,6 @@ from timerctl.config import Settings
 from timerctl.model import (
     BackendUnavailable,
     Conflict,
-    Delivery,
     InvalidInput,
     NotFound,
     Status,

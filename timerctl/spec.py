@@ -12,8 +12,9 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta, tzinfo
 from typing import Any
 
+from timerctl.attempts import Delivery
 from timerctl.changes import KEEP, Update
-from timerctl.model import DEFAULT_HORIZON, Delivery, InvalidInput, Timer, TimerSpec, check_delay, check_instant, utc
+from timerctl.model import DEFAULT_HORIZON, InvalidInput, Timer, TimerSpec, check_delay, check_instant, utc
 from timerctl.timeparse import parse_duration, parse_hms, parse_time
 
 #: Accepted keys of a JSON timer spec (a create, or the fields of an update); the camelCase names are the

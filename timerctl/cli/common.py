@@ -15,16 +15,9 @@ if TYPE_CHECKING:
     from rich.console import Console
     from rich.table import Table
 
+from timerctl.attempts import Delivery
 from timerctl.config import Settings, load_settings
-from timerctl.model import (
-    MAX_PAYLOAD_TEXT_BYTES,
-    Delivery,
-    InvalidInput,
-    Timer,
-    TimerError,
-    format_instant,
-    parse_payload,
-)
+from timerctl.model import MAX_PAYLOAD_TEXT_BYTES, InvalidInput, Timer, TimerError, format_instant, parse_payload
 from timerctl.service import TimerService
 from timerctl.timeparse import format_duration
 

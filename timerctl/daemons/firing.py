@@ -29,9 +29,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from timerctl import metrics
+from timerctl.attempts import Outcome, RetryPolicy
 from timerctl.clock import Clock
 from timerctl.delivery import Attempt, Deliverer, decide, log_unexpected
-from timerctl.model import Outcome, RetryPolicy, Status, Timer, utc
+from timerctl.model import Status, Timer, utc
 
 log = logging.getLogger(__name__)
 

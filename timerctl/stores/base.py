@@ -24,8 +24,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol, TypeVar
 
+from timerctl.attempts import Delivery, Outcome
 from timerctl.changes import cancel, failure_callback
-from timerctl.model import BackendUnavailable, Conflict, Delivery, NotFound, Outcome, Status, Timer
+from timerctl.model import BackendUnavailable, Conflict, NotFound, Status, Timer
 from timerctl.stores.rows import Decoded, status_of
 
 log = logging.getLogger(__name__)

@@ -16,8 +16,8 @@ query it can prove is inside it.
 
 Instants are BSON datetimes in UTC (millisecond precision, as the model keeps them). Documents are decoded
 through the tolerant ``rows.decode_row``: a corrupt one reads as a Failed timer and is never handed to a
-runner. The ``schema`` collection records the layout version: an older store gets its indexes and the
-``endedAt`` of its ended timers on first open, a newer one is refused.
+runner. The indexes, the partial filters and the layout version, with the migration of an older store run on
+first open, are in ``mongo_schema``.
 """
 
 from __future__ import annotations
@@ -41,58 +41,18 @@ from pymongo.errors import (
     OperationFailure,
 )
 
-from timerctl.model import (
-    MAX_DELIVERIES_KEPT,
-    BackendUnavailable,
-    Delivery,
-    InvalidInput,
-    Outcome,
-    Status,
-    Timer,
-    encode_payload,
-    utc,
-)
+from timerctl.attempts import MAX_DELIVERIES_KEPT, Delivery, Outcome
+from timerctl.model import BackendUnavailable, InvalidInput, Status, Timer, encode_payload, utc
 from timerctl.redaction import one_line
 from timerctl.stores.base import Filter, StoreBase
+from timerctl.stores.mongo_schema import COLLECTION, ENDED, FREE, HELD, migrate
 from timerctl.stores.rows import PLACEHOLDER_INSTANT, TIMER_FIELDS, Decoded, changed_fields, decode_row
 
 DEFAULT_DATABASE = "timerctl"
-COLLECTION = "timers"
-#: Where the layout version lives: one document, ``{_id: "timers", version: N}``.
-SCHEMA_COLLECTION = "schema"
-#: Bumped with every change of the layout (2: leases without a status, revisions, deliveries, endedAt).
-SCHEMA_VERSION = 2
 _DUPLICATE_KEY = 11000
-_INDEX_NOT_FOUND = 27
 _ACCESS_DENIED = frozenset({13, 18})  # Unauthorized, AuthenticationFailed: wrong or missing credentials
 _SCHEDULED, _RETRYING, _RUNNING = Status.SCHEDULED.value, Status.RETRYING.value, Status.RUNNING.value
 _PENDING = [_SCHEDULED, _RETRYING]
-_FINAL = [s.value for s in Status if s.is_final]
-#: The partial filters: a free timer (null or missing owner), a held one, an ended one.
-_FREE = None
-_HELD: dict[str, Any] = {"$type": "string"}
-_ENDED: dict[str, Any] = {"$type": "date"}
-#: Each index and the queries it serves. ``claim_free`` holds no leased timer, so a claim never walks
-#: past the timers other runners hold; ``lease_holder`` serves renewals (owner, then lease end) and the
-#: takeover of lapsed leases (a few owners, each skipped to its expired range).
-INDEXES: list[tuple[list[tuple[str, int]], dict[str, Any]]] = [
-    ([("timerId", ASCENDING)], {"name": "timerId_1", "unique": True}),
-    (
-        [("status", ASCENDING), ("dueAt", ASCENDING)],
-        {"name": "claim_free", "partialFilterExpression": {"leaseOwner": _FREE}},
-    ),
-    (
-        [("leaseOwner", ASCENDING), ("leaseUntil", ASCENDING)],
-        {"name": "lease_holder", "partialFilterExpression": {"leaseOwner": _HELD}},
-    ),
-    ([("expiryTime", ASCENDING), ("timerId", ASCENDING)], {"name": "expiryTime_1_timerId_1"}),
-    (
-        [("status", ASCENDING), ("endedAt", ASCENDING)],
-        {"name": "ended", "partialFilterExpression": {"endedAt": _ENDED}},
-    ),
-]
-#: Indexes of the first layout that no query uses any more.
-OBSOLETE_INDEXES = ("status_1_dueAt_1", "status_1_leaseUntil_1", "leaseOwner_1")
 #: Fields no query needs back: the attempts are read by ``deliveries`` alone.
 _NO_HISTORY = {"deliveries": False}
 
@@ -202,8 +162,8 @@ def _claimable(now: datetime, until: datetime) -> tuple[list[Document], list[Doc
     """
     due = {"status": {"$in": _PENDING}, "dueAt": {"$lte": until}}
     running = {"status": _RUNNING}
-    lapsed = {"leaseOwner": _HELD, "leaseUntil": {"$not": {"$gte": now}}}
-    return [{"leaseOwner": _FREE, **due}, {"leaseOwner": _FREE, **running}], [{**lapsed, **due}, {**lapsed, **running}]
+    lapsed = {"leaseOwner": HELD, "leaseUntil": {"$not": {"$gte": now}}}
+    return [{"leaseOwner": FREE, **due}, {"leaseOwner": FREE, **running}], [{**lapsed, **due}, {**lapsed, **running}]
 
 
 def _mask(text: str, uri: str) -> str:
@@ -238,7 +198,7 @@ class MongoStore(StoreBase):
         self._db = db
         self._timers: Collection[Document] = db[COLLECTION]
         with self._guard():
-            self._migrate()
+            migrate(db)
 
     @classmethod
     def from_uri(cls, uri: str, timeout: float = 5.0) -> MongoStore:
@@ -275,34 +235,6 @@ class MongoStore(StoreBase):
             raise
         store._client = client
         return store
-
-    def _migrate(self) -> None:
-        """Bring the database to ``SCHEMA_VERSION``: drop the indexes no query uses, create the current ones,
-        and give ended timers an ``endedAt`` (when they fired, else were due, at the latest now) so retention
-        deletes them too. Each step is idempotent: processes opening an old store at once are fine."""
-        schema = self._db[SCHEMA_COLLECTION]
-        found = schema.find_one({"_id": COLLECTION})
-        version = found.get("version") if found is not None else 1  # the first layout recorded none
-        if version == SCHEMA_VERSION:
-            return
-        if not isinstance(version, int) or version > SCHEMA_VERSION:
-            raise BackendUnavailable(
-                f"MongoDB store {self.database} has schema version {version!r}; "
-                f"this timerctl knows up to {SCHEMA_VERSION}"
-            )
-        present = self._timers.index_information()
-        for name in OBSOLETE_INDEXES:
-            if name in present:
-                try:
-                    self._timers.drop_index(name)
-                except OperationFailure as exc:  # dropped meanwhile by another process migrating
-                    if exc.code != _INDEX_NOT_FOUND:
-                        raise
-        for keys, options in INDEXES:  # each a no-op when it exists
-            self._timers.create_index(keys, **options)
-        ended = {"$min": [{"$ifNull": ["$firedAt", "$dueAt"]}, datetime.now(UTC)]}
-        self._timers.update_many({"status": {"$in": _FINAL}, "endedAt": None}, [{"$set": {"endedAt": ended}}])
-        schema.update_one({"_id": COLLECTION}, {"$max": {"version": SCHEMA_VERSION}}, upsert=True)
 
     @contextmanager
     def _guard(self) -> Iterator[None]:
@@ -370,7 +302,7 @@ class MongoStore(StoreBase):
         if where.due_before is not None:
             query["expiryTime"] = {"$lte": utc(where.due_before)}
         if where.ended_after is not None:
-            query["endedAt"] = {**_ENDED, "$gte": utc(where.ended_after)}
+            query["endedAt"] = {**ENDED, "$gte": utc(where.ended_after)}
         if where.url_prefix is not None:
             # Anchored, every metacharacter escaped (re.escape's backslashes are literal in PCRE too).
             query["webhookUrl"] = {"$regex": "^" + re.escape(where.url_prefix)}
@@ -457,8 +389,8 @@ class MongoStore(StoreBase):
     def renew(self, owner: str, lease_until: datetime, ending_before: datetime | None = None) -> set[str]:
         # Served by lease_holder: the owner, then the end of its leases.
         held: Document = {
-            "leaseOwner": {**_HELD, "$eq": owner},
-            "leaseUntil": _ENDED if ending_before is None else {"$lt": utc(ending_before)},
+            "leaseOwner": {**HELD, "$eq": owner},
+            "leaseUntil": ENDED if ending_before is None else {"$lt": utc(ending_before)},
         }
         renewed = {"leaseOwner": owner, "leaseUntil": utc(lease_until)}
         with self._guard():
@@ -552,4 +484,4 @@ class MongoStore(StoreBase):
 
 def _purgeable(statuses: Sequence[Status], ended_before: datetime) -> Document:
     """The ended timers in ``statuses`` that ended before ``ended_before`` (served by the ``ended`` index)."""
-    return {"status": {"$in": [s.value for s in statuses]}, "endedAt": {**_ENDED, "$lt": utc(ended_before)}}
+    return {"status": {"$in": [s.value for s in statuses]}, "endedAt": {**ENDED, "$lt": utc(ended_before)}}

@@ -12,6 +12,7 @@ its owner chose (``doctor`` warns when others can read it). Rows are decoded thr
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import threading
@@ -21,74 +22,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
-from timerctl.model import (
-    MAX_DELIVERIES_KEPT,
-    MAX_STORED_INT,
-    BackendUnavailable,
-    Delivery,
-    Outcome,
-    Status,
-    Timer,
-    encode_payload,
-    utc,
-)
+from timerctl.attempts import MAX_DELIVERIES_KEPT, Delivery, Outcome
+from timerctl.model import MAX_STORED_INT, BackendUnavailable, Status, Timer, encode_payload, utc
 from timerctl.stores.base import Filter, StoreBase
 from timerctl.stores.rows import TIMER_FIELDS, Decoded, changed_fields, decode_row
-
-_TABLES = """
-CREATE TABLE IF NOT EXISTS timers (
-    timer_id       TEXT PRIMARY KEY,
-    webhook_url    TEXT NOT NULL,
-    expiry_ms      INTEGER NOT NULL,
-    created_ms     INTEGER NOT NULL,
-    status         TEXT NOT NULL,
-    payload        TEXT,
-    attempts       INTEGER NOT NULL DEFAULT 0,
-    fired_ms       INTEGER,
-    last_error     TEXT,
-    due_ms         INTEGER NOT NULL,
-    lease_owner    TEXT,
-    lease_until_ms INTEGER,
-    revision       INTEGER NOT NULL DEFAULT 0,
-    ended_ms       INTEGER,
-    delivery_count INTEGER NOT NULL DEFAULT 0,
-    on_failure_url TEXT
-);
-CREATE TABLE IF NOT EXISTS deliveries (
-    timer_id    TEXT NOT NULL,
-    seq         INTEGER NOT NULL,
-    attempt     INTEGER NOT NULL,
-    at_ms       INTEGER NOT NULL,
-    duration_ms INTEGER NOT NULL,
-    status_code INTEGER,
-    error       TEXT,
-    response    TEXT,
-    PRIMARY KEY (timer_id, seq)
-) WITHOUT ROWID;
-"""
-#: Columns added to ``timers`` since the first schema, each with what an older row reads as.
-_ADDED_COLUMNS = {
-    "revision": "INTEGER NOT NULL DEFAULT 0",
-    "ended_ms": "INTEGER",
-    "delivery_count": "INTEGER NOT NULL DEFAULT 0",
-    "on_failure_url": "TEXT",
-}
-#: Bumped with every change of the schema; ``PRAGMA user_version`` holds the one a file has.
-SCHEMA_VERSION = 2
-#: Each query names the index it relies on (``INDEXED BY``), so a planner change is an error, not a scan.
-#: The partial indexes hold only the rows their query looks for: ``timers_free`` the pending timers no
-#: runner holds, ``timers_leased``/``timers_holder`` the held ones, ``timers_ended`` the ended ones.
-_INDEXES = """
-CREATE INDEX IF NOT EXISTS timers_due ON timers (status, due_ms);
-CREATE INDEX IF NOT EXISTS timers_expiry ON timers (expiry_ms);
-CREATE INDEX IF NOT EXISTS timers_free ON timers (due_ms)
-    WHERE lease_owner IS NULL AND status IN ('Scheduled', 'Retrying');
-CREATE INDEX IF NOT EXISTS timers_leased ON timers (lease_until_ms) WHERE lease_owner IS NOT NULL;
-CREATE INDEX IF NOT EXISTS timers_holder ON timers (lease_owner) WHERE lease_owner IS NOT NULL;
-CREATE INDEX IF NOT EXISTS timers_ended ON timers (ended_ms) WHERE ended_ms IS NOT NULL;
-"""
-#: Indexes of the first schema that no query uses any more.
-_DROPPED_INDEXES = ("timers_lease", "timers_owner")
+from timerctl.stores.sqlite_schema import SCHEMA_VERSION, upgrade
 
 _COLUMNS = (
     "timer_id, webhook_url, expiry_ms, created_ms, status, payload, attempts, fired_ms, last_error, "
@@ -106,35 +44,43 @@ _SWAP_WHERE = (
     "AND revision = ?"
 )
 _PENDING = "status IN ('Scheduled', 'Retrying')"
+#: The rowids a claim takes: index-served parts instead of one OR, which SQLite would answer with a full
+#: scan. A timer with an owner but no lease end, or Running without an owner (written so by hand or by
+#: another tool), has no lease to wait out.
+_CLAIMABLE = f"""
+    SELECT rowid FROM (
+        SELECT * FROM (
+            SELECT rowid, due_ms FROM timers INDEXED BY timers_free
+            WHERE lease_owner IS NULL AND {_PENDING} AND due_ms <= :until ORDER BY due_ms LIMIT :limit
+        )
+        UNION ALL
+        SELECT rowid, due_ms FROM timers INDEXED BY timers_leased
+        WHERE lease_owner IS NOT NULL AND lease_until_ms < :now
+          AND (status = 'Running' OR ({_PENDING} AND due_ms <= :until))
+        UNION ALL
+        SELECT rowid, due_ms FROM timers INDEXED BY timers_leased
+        WHERE lease_owner IS NOT NULL AND lease_until_ms IS NULL
+          AND (status = 'Running' OR ({_PENDING} AND due_ms <= :until))
+        UNION ALL
+        SELECT rowid, due_ms FROM timers WHERE status = 'Running' AND lease_owner IS NULL
+    ) ORDER BY due_ms LIMIT :limit
+"""
+_LEASE = "lease_owner = :owner, lease_until_ms = :lease"
+#: The claimable rows as one JSON text: one step of the statement, not one per row (see ``_record``).
+_CLAIM_READ = f"SELECT json_group_array(json_array(rowid, {_COLUMNS})) FROM timers WHERE rowid IN ({_CLAIMABLE})"
+_CLAIM_WRITE = f"UPDATE timers SET {_LEASE} WHERE rowid IN (SELECT value FROM json_each(:rowids))"
+#: The same claim a row at a time, for rows JSON cannot carry (a BLOB or bad UTF-8 written by another tool).
 _CLAIM = f"""
-    UPDATE timers SET lease_owner = ?, lease_until_ms = ?
-    WHERE timer_id IN (
-        SELECT timer_id FROM (
-            SELECT * FROM (
-                SELECT timer_id, due_ms FROM timers INDEXED BY timers_free
-                WHERE lease_owner IS NULL AND {_PENDING} AND due_ms <= ? ORDER BY due_ms LIMIT ?
-            )
-            UNION ALL
-            SELECT timer_id, due_ms FROM timers INDEXED BY timers_leased
-            WHERE lease_owner IS NOT NULL AND lease_until_ms < ?
-              AND (status = 'Running' OR ({_PENDING} AND due_ms <= ?))
-            UNION ALL
-            SELECT timer_id, due_ms FROM timers INDEXED BY timers_leased
-            WHERE lease_owner IS NOT NULL AND lease_until_ms IS NULL
-              AND (status = 'Running' OR ({_PENDING} AND due_ms <= ?))
-            UNION ALL
-            SELECT timer_id, due_ms FROM timers WHERE status = 'Running' AND lease_owner IS NULL
-        ) ORDER BY due_ms LIMIT ?
-    )
+    UPDATE timers SET {_LEASE} WHERE rowid IN ({_CLAIMABLE})
     RETURNING rowid, {_COLUMNS}
 """
+#: Outcomes of timers the caller holds, as rows of (id, status, attempts, fired, error, due, ended, count);
+#: a retry without a due keeps the timer's (``Outcome.apply``).
 _COMPLETE = (
-    "UPDATE timers SET status = ?, attempts = ?, fired_ms = ?, last_error = ?, due_ms = COALESCE(?, due_ms), "
-    "ended_ms = ?, delivery_count = COALESCE(?, delivery_count + ?), lease_owner = NULL, lease_until_ms = NULL "
-    "WHERE timer_id = ? AND status = 'Running' AND lease_owner = ?"
+    "UPDATE timers SET status = o.column2, attempts = o.column3, fired_ms = o.column4, last_error = o.column5, "
+    "due_ms = COALESCE(o.column6, due_ms), ended_ms = o.column7, delivery_count = o.column8, "
+    "lease_owner = NULL, lease_until_ms = NULL FROM (VALUES {values}) AS o WHERE timers.timer_id = o.column1"
 )
-#: The number of a timer's latest delivery, for an outcome that does not say it.
-_DELIVERY_COUNT = "SELECT delivery_count FROM timers WHERE timer_id = ?"
 #: A started timer handed back returns to the status it had: Scheduled before its first attempt.
 _RELEASE = (
     "UPDATE timers SET lease_owner = NULL, lease_until_ms = NULL, status = CASE status "
@@ -142,7 +88,7 @@ _RELEASE = (
     "WHERE lease_owner = ? AND status IN ('Scheduled', 'Retrying', 'Running')"
 )
 _DELIVERY_COLUMNS = "timer_id, seq, attempt, at_ms, duration_ms, status_code, error, response"
-_INSERT_DELIVERY = f"INSERT OR REPLACE INTO deliveries ({_DELIVERY_COLUMNS}) VALUES (?,?,?,?,?,?,?,?)"
+_INSERT_DELIVERIES = f"INSERT OR REPLACE INTO deliveries ({_DELIVERY_COLUMNS}) VALUES {{values}}"
 
 
 T = TypeVar("T")
@@ -250,40 +196,11 @@ class SqliteStore(StoreBase):
             raise
 
     def _migrate(self) -> None:
-        """Bring the file to ``SCHEMA_VERSION`` in one transaction: tables, added columns, indexes.
-
-        Ended timers of a file older than retention get ``ended_ms`` from when they fired (or were due, but
-        no later than now: a timer cancelled long before its instant ended before the migration), so
-        retention can delete them too.
-        """
+        """Bring the file to ``SCHEMA_VERSION`` (``sqlite_schema``) in one transaction, when it is not there yet."""
         if self._db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION:
             return
         with self._tx() as db:
-            version = db.execute("PRAGMA user_version").fetchone()[0]
-            if version > SCHEMA_VERSION:
-                raise sqlite3.DatabaseError(
-                    f"the file has schema version {version}; this timerctl knows up to {SCHEMA_VERSION}"
-                )
-            if version == SCHEMA_VERSION:
-                return
-            for statement in _TABLES.split(";"):
-                if statement.strip():
-                    db.execute(statement)
-            present = {row[1] for row in db.execute("PRAGMA table_info(timers)")}
-            for column, kind in _ADDED_COLUMNS.items():
-                if column not in present:
-                    db.execute(f"ALTER TABLE timers ADD COLUMN {column} {kind}")
-            for index in _DROPPED_INDEXES:
-                db.execute(f"DROP INDEX IF EXISTS {index}")
-            for statement in _INDEXES.split(";"):
-                if statement.strip():
-                    db.execute(statement)
-            db.execute(
-                "UPDATE timers SET ended_ms = MIN(COALESCE(fired_ms, due_ms), ?) "
-                "WHERE ended_ms IS NULL AND status IN ('Finished', 'Failed', 'Cancelled')",
-                (to_ms(datetime.now(UTC)),),
-            )
-            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            upgrade(db, to_ms(datetime.now(UTC)))
 
     @contextmanager
     def _tx(self, durable: bool = True) -> Iterator[sqlite3.Connection]:
@@ -382,13 +299,17 @@ class SqliteStore(StoreBase):
         return [_timer(r) for r in rows]
 
     def _claim(self, owner: str, now: datetime, until: datetime, lease_until: datetime, limit: int) -> list[Timer]:
-        # Index-served parts instead of one OR, which SQLite would answer with a full scan. A timer with
-        # an owner but no lease end, or Running without an owner (written so by hand or by another tool),
-        # has no lease to wait out.
-        until_ms, now_ms = to_ms(until), to_ms(now)
-        args = (owner, to_ms(lease_until), until_ms, limit, now_ms, until_ms, until_ms, limit)
+        lease_ms, now_ms = to_ms(lease_until), to_ms(now)
+        args = {"owner": owner, "lease": lease_ms, "until": to_ms(until), "now": now_ms, "limit": limit}
         with self._tx(durable=False) as db:
-            rows = db.execute(_CLAIM, args).fetchall()
+            try:
+                found = json.loads(db.execute(_CLAIM_READ, args).fetchone()[0])
+            except (sqlite3.Error, ValueError):
+                rows = db.execute(_CLAIM, args).fetchall()
+            else:
+                db.execute(_CLAIM_WRITE, {**args, "rowids": json.dumps([r[0] for r in found])})
+                # As RETURNING would have read them: with the lease just written.
+                rows = [(*r[:11], owner, lease_ms, *r[13:]) for r in found]
             corrupt: list[tuple[str | None, int, int]] = []
 
             def fail(rowid: int, timer: Timer) -> None:
@@ -410,14 +331,22 @@ class SqliteStore(StoreBase):
             for chunk in _chunks(timers, 400):
                 pairs = ",".join("(?,?)" for _ in chunk)
                 args: list[Any] = [a for t in chunk for a in (t.timer_id, t.revision)]
-                rows = db.execute(
+                changed = db.execute(
                     f"UPDATE timers SET status = 'Running' FROM (VALUES {pairs}) AS held "
                     "WHERE timers.timer_id = held.column1 AND timers.revision = held.column2 "
-                    "AND timers.lease_owner = ? AND timers.status IN ('Scheduled', 'Retrying', 'Running') "
-                    "RETURNING timers.timer_id",
+                    "AND +timers.lease_owner = ? AND timers.status IN ('Scheduled', 'Retrying', 'Running')",
                     (*args, owner),
-                ).fetchall()
-                started += [r[0] for r in rows]
+                ).rowcount
+                if changed == len(chunk):  # the usual case: nothing refused, nothing to read back
+                    started += [t.timer_id for t in chunk]
+                    continue
+                started += _json_ids(
+                    db,
+                    f"SELECT json_group_array(timers.timer_id) FROM timers JOIN (VALUES {pairs}) AS held "
+                    "ON timers.timer_id = held.column1 AND timers.revision = held.column2 "
+                    "WHERE +timers.lease_owner = ? AND +timers.status = 'Running'",
+                    (*args, owner),
+                )
         return started
 
     def renew(self, owner: str, lease_until: datetime, ending_before: datetime | None = None) -> set[str]:
@@ -440,43 +369,70 @@ class SqliteStore(StoreBase):
 
     def _complete(self, owner: str, outcomes: Sequence[Outcome]) -> list[str]:
         recorded: list[str] = []
-        history: list[tuple[Any, ...]] = []
-        trim: list[tuple[str, int]] = []
         with self._tx() as db:
-            for o in outcomes:
-                # Outcome.apply's fields: a retry without a due_at keeps the timer's due.
-                d = o.delivery
-                fired, due, ended = o.fired_at, o.due_at, o.ended_at
-                written = db.execute(
-                    _COMPLETE,
-                    (
-                        o.status.value,
-                        o.attempts,
-                        None if fired is None else to_ms(fired),
-                        o.last_error,
-                        None if due is None else to_ms(due),
-                        None if ended is None else to_ms(ended),
-                        o.delivery_count,
-                        d is not None,
-                        o.timer_id,
-                        owner,
-                    ),
-                ).rowcount
-                if not written:
-                    continue
-                recorded.append(o.timer_id)
-                if d is not None:
-                    seq = o.delivery_count or db.execute(_DELIVERY_COUNT, (o.timer_id,)).fetchone()[0]
-                    history.append(
-                        (o.timer_id, seq, d.attempt, to_ms(d.at), d.duration_ms, d.status_code, d.error, d.response)
+            for chunk in _chunks(list({o.timer_id: o for o in reversed(outcomes)}.values())[::-1], 300):
+                marks = ",".join("?" * len(chunk))
+                held = set(
+                    _json_ids(
+                        db,
+                        # By id: the unary + keeps the planner off the owner's index (all it holds).
+                        f"SELECT json_group_array(timer_id) FROM timers WHERE timer_id IN ({marks}) "
+                        "AND +status = 'Running' AND +lease_owner = ?",
+                        (*(o.timer_id for o in chunk), owner),
                     )
-                    if seq > MAX_DELIVERIES_KEPT:
-                        trim.append((o.timer_id, seq - MAX_DELIVERIES_KEPT))
-            if history:
-                db.executemany(_INSERT_DELIVERY, history)
-            if trim:
-                db.executemany("DELETE FROM deliveries WHERE timer_id = ? AND seq <= ?", trim)
+                )
+                mine = [o for o in chunk if o.timer_id in held]
+                if mine:
+                    self._record(db, mine)
+                    recorded += [o.timer_id for o in mine]
         return recorded
+
+    def _record(self, db: sqlite3.Connection, outcomes: list[Outcome]) -> None:
+        """Write ``outcomes`` (of timers this owner holds, one each) and their deliveries: one statement for
+        the timers and one for the deliveries, not one per outcome.
+
+        Why: the sqlite3 module lets go of the GIL at every step of a statement, and the firing thread takes
+        it each time for up to the switch interval, so a statement per outcome made a batch of 800 outcomes
+        hold the store's lock for 100 ms and more — and a start commit waiting behind it missed its instant.
+        """
+        counts = _counts(db, [o.timer_id for o in outcomes if o.delivery_count is None])
+        rows: list[Any] = []
+        history: list[Any] = []
+        trim: list[tuple[str, int]] = []
+        for o in outcomes:
+            d = o.delivery
+            fired, due, ended = o.fired_at, o.due_at, o.ended_at
+            count = o.delivery_count
+            if count is None:
+                count = counts.get(o.timer_id, 0) + (d is not None)
+            rows += (
+                o.timer_id,
+                o.status.value,
+                o.attempts,
+                None if fired is None else to_ms(fired),
+                o.last_error,
+                None if due is None else to_ms(due),
+                None if ended is None else to_ms(ended),
+                count,
+            )
+            if d is not None:
+                history += (
+                    o.timer_id,
+                    count,
+                    d.attempt,
+                    to_ms(d.at),
+                    d.duration_ms,
+                    d.status_code,
+                    d.error,
+                    d.response,
+                )
+                if count > MAX_DELIVERIES_KEPT:
+                    trim.append((o.timer_id, count - MAX_DELIVERIES_KEPT))
+        db.execute(_COMPLETE.format(values=",".join(["(?,?,?,?,?,?,?,?)"] * len(outcomes))), rows)
+        if history:
+            db.execute(_INSERT_DELIVERIES.format(values=",".join(["(?,?,?,?,?,?,?,?)"] * (len(history) // 8))), history)
+        if trim:
+            db.executemany("DELETE FROM deliveries WHERE timer_id = ? AND seq <= ?", trim)
 
     def _deliveries(self, timer_id: str) -> list[Delivery]:
         rows = self._query(
@@ -515,6 +471,20 @@ class SqliteStore(StoreBase):
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+def _json_ids(db: sqlite3.Connection, sql: str, args: Sequence[Any]) -> list[str]:
+    """The ids a ``json_group_array`` query selects: one row, one step of the statement, however many ids."""
+    return [str(tid) for tid in json.loads(db.execute(sql, args).fetchone()[0])]
+
+
+def _counts(db: sqlite3.Connection, timer_ids: list[str]) -> dict[str, int]:
+    """The ``delivery_count`` of each of these timers (for outcomes that do not carry theirs)."""
+    if not timer_ids:
+        return {}
+    marks = ",".join("?" * len(timer_ids))
+    rows = db.execute(f"SELECT timer_id, delivery_count FROM timers WHERE timer_id IN ({marks})", timer_ids)
+    return {tid: n for tid, n in rows}
 
 
 def _chunks(items: Sequence[T], size: int = 500) -> Iterator[Sequence[T]]:
