@@ -13,7 +13,7 @@ from pathlib import Path
 from tests.factories import FAST, make_timer, process_env, settings_for, timerctl
 from tests.fixtures_daemons import RunnerProcess, all_held
 from tests.fixtures_http import Receiver, Reply, roomy, wait_until
-from timerctl.model import Conflict, Status, Timer
+from timerctl.model import Conflict, Status, Timer, parse_instant
 from timerctl.service import TimerService
 from timerctl.stores.sqlite import SqliteStore
 
@@ -246,6 +246,10 @@ def test_retention_deletes_in_batches_while_1000_timers_a_second_fire_on_time(
 
     purges = [e for e in runner.events() if e.get("event") == "purged"]
     assert len(purges) >= 6_000 // 500, purges  # small batches, not one statement
+    # ... made while the timers were firing, not before or after them.
+    window = (got[0].received_at, got[-1].received_at)
+    assert any(window[0] <= parse_instant(e["time"]).timestamp() <= window[1] for e in purges), (window, purges)
     assert store.get("recent") is not None and store.get("old-00000") is None
     assert min(late) >= 0
-    assert statistics.quantiles(late, n=100)[98] <= 0.1, late[-20:]
+    # On time: the figure bench/README.md records is p99 2-3 ms at 1,000/s; a CI machine gets head-room.
+    assert statistics.quantiles(late, n=100)[98] <= 0.25, late[-20:]
