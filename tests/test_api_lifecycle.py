@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from prometheus_client import REGISTRY
 
 from tests.factories import api_token, settings_for, token_line
 from tests.fixtures_api import HOOK, OLD_BODY, api_client, app_client, created, rejected
@@ -264,6 +265,21 @@ def test_changes_of_a_running_or_ended_timer_are_409(client: TestClient, service
     rejected(client.post("/v1/timer/w-1/fire"), 409, refusal(status, "fired now"))
     rejected(client.delete("/v1/timer/w-1"), 409, refusal(status, "cancelled"))
     assert stored(service, "w-1") == before
+
+
+def changed_total(op: str) -> float:
+    return REGISTRY.get_sample_value("timerctl_timers_changed_total", {"op": op}) or 0.0
+
+
+def test_changes_made_are_counted_by_op_and_refused_ones_are_not(client: TestClient, service: TimerService) -> None:
+    before = {op: changed_total(op) for op in ("update", "fire", "cancel", "retry")}
+    make(client)
+    assert client.patch("/v1/timer/p-1", json={"in": "1h"}).status_code == 200
+    assert client.post("/v1/timer/p-1/fire").status_code == 200
+    assert client.delete("/v1/timer/p-1").status_code == 200
+    assert client.post("/v1/timer/p-1/retry").status_code == 409
+    after = {op: changed_total(op) - before[op] for op in before}
+    assert after == {"update": 1, "fire": 1, "cancel": 1, "retry": 0}
 
 
 @pytest.mark.parametrize("status", [pytest.param(s, id=s.value) for s in Status if s is not Status.FAILED])

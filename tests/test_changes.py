@@ -230,6 +230,14 @@ def test_failure_callback_posts_the_timer_and_its_last_attempts_to_the_hook() ->
     }
 
 
+def test_failure_callback_keeps_the_webhooks_query_string_to_itself() -> None:
+    secret = replace(FAILED, webhook_url="https://hooks.example.com/t?token=s3cret-value")
+    callback = changes.failure_callback(secret, attempts(1), NOW)
+    assert callback is not None
+    assert callback.payload["timer"]["webhookUrl"] == "https://hooks.example.com/t"
+    assert "s3cret" not in repr(callback.payload)
+
+
 def test_failure_callback_id_is_the_same_for_the_same_failure_only() -> None:
     first = changes.failure_callback(FAILED, attempts(8), NOW)
     again = changes.failure_callback(FAILED, attempts(3), NOW + timedelta(minutes=5))

@@ -205,6 +205,12 @@ def _depth(value: Any) -> int:
     return deepest
 
 
+def _changed(op: str, message: str, timer: Timer, service: TimerService) -> JSONResponse:
+    """The answer to a change that was made (counted in ``timerctl_timers_changed_total{op}``)."""
+    metrics.CHANGED.labels(op=op).inc()
+    return _timer_reply(200, message, timer, service)
+
+
 @router.post(
     "/v1/timer/{timerId:path}/fire",
     response_model=TimerResponse,
@@ -213,9 +219,7 @@ def _depth(value: Any) -> int:
 def fire_timer(timerId: str, backends: Backends) -> JSONResponse:
     """Make a Scheduled or Retrying timer due now; 409 once its POST started or it ended."""
     service = backends.ready("cache", "store", "queue")
-    reply = _timer_reply(200, "Timer Due Now!", service.fire(_valid_id(timerId)), service)
-    metrics.CHANGED.labels(op="fire").inc()
-    return reply
+    return _changed("fire", "Timer Due Now!", service.fire(_valid_id(timerId)), service)
 
 
 @router.post(
@@ -231,9 +235,7 @@ def retry_timer(timerId: str, backends: Backends, body: RawBody) -> JSONResponse
     at = retry_from_mapping(
         _json_body(body, optional=True), get_localzone(), service.clock(), service.settings.max_horizon
     )
-    reply = _timer_reply(200, "Timer Retried!", service.retry(timer_id, at), service)
-    metrics.CHANGED.labels(op="retry").inc()
-    return reply
+    return _changed("retry", "Timer Retried!", service.retry(timer_id, at), service)
 
 
 @router.get(
@@ -275,9 +277,7 @@ def update_timer(timerId: str, backends: Backends, body: RawBody) -> JSONRespons
         service.settings.max_horizon,
         timer_id=timer_id,
     )
-    reply = _timer_reply(200, "Timer Updated!", service.update(timer_id, change), service)
-    metrics.CHANGED.labels(op="update").inc()
-    return reply
+    return _changed("update", "Timer Updated!", service.update(timer_id, change), service)
 
 
 @router.delete(
@@ -288,9 +288,7 @@ def update_timer(timerId: str, backends: Backends, body: RawBody) -> JSONRespons
 def cancel_timer(timerId: str, backends: Backends) -> JSONResponse:
     """Cancel a Scheduled or Retrying timer so it never fires; 409 once its POST started or it ended."""
     service = backends.ready("cache", "store", "queue")
-    reply = _timer_reply(200, "Timer Cancelled!", service.cancel(_valid_id(timerId)), service)
-    metrics.CHANGED.labels(op="cancel").inc()
-    return reply
+    return _changed("cancel", "Timer Cancelled!", service.cancel(_valid_id(timerId)), service)
 
 
 def health(backends: Backends) -> JSONResponse:

@@ -17,6 +17,7 @@ from typing import Any
 
 from timerctl.attempts import Delivery
 from timerctl.model import PENDING_STATUSES, Conflict, Status, Timer, encode_payload, format_instant, validate_url
+from timerctl.redaction import redact_url
 
 #: ``Update`` field left as it is.
 KEEP: Any = object()
@@ -153,7 +154,8 @@ def failure_callback(timer: Timer, deliveries: list[Delivery], now: datetime) ->
         created_at=now,
         payload={
             "event": "timer.failed",
-            "timer": timer.to_json(now),
+            # Shown as everywhere else: the webhook's query string may hold its secret, not the hook's.
+            "timer": {**timer.to_json(now), "webhookUrl": redact_url(timer.webhook_url)},
             "deliveries": [d.to_json() for d in deliveries[-CALLBACK_DELIVERIES:]],
             "failedAt": format_instant(timer.ended_at or now),
         },

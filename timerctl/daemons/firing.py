@@ -133,10 +133,6 @@ class Firing:
         already armed is replaced (a re-claim after a change carries the new revision)."""
         self._loop.call_soon_threadsafe(self._arm, timers)
 
-    def drop(self, timer_ids: list[str]) -> None:
-        """Disarm timers not started yet (their lease was lost); a POST under way is not stopped."""
-        self._loop.call_soon_threadsafe(self._disarm, timer_ids)
-
     def recorded(self, timer_ids: list[str]) -> None:
         """The store holds these outcomes: a later claim of the same ids (a retry) may fire again."""
         self._loop.call_soon_threadsafe(self._unrecorded.difference_update, timer_ids)
